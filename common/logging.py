@@ -1,0 +1,72 @@
+"""structlog set-up shared by every process.
+
+JSON lines when stderr is not a terminal or ``NARRATOR_LOG_FORMAT=json`` (containers), a
+readable console layout otherwise. Context such as ``run``, ``job`` and ``episode`` is bound
+with ``structlog.contextvars`` by the code that knows it. Secrets are masked by
+:func:`redact_processor` before anything is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"(password|passwd|api_key|apikey|token|secret|authorization)", re.I)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@")
+
+
+def redact_text(text: str) -> str:
+    """Mask the password part of any ``scheme://user:password@host`` URL in ``text``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEYS.search(key) and value is not None and key != "event":
+            event_dict[key] = "***"
+        elif isinstance(value, str):
+            event_dict[key] = redact_text(value)
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str | None = None) -> None:
+    """Configure structlog (and the stdlib root logger it renders through) once per process."""
+    fmt = (
+        fmt
+        or os.environ.get("NARRATOR_LOG_FORMAT")
+        or ("console" if sys.stderr.isatty() else "json")
+    )
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

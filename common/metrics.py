@@ -1,0 +1,52 @@
+"""Prometheus metrics of the workers and the writer (one registry per process).
+
+Metric names are part of the operations contract (dashboards and alerts use them); change
+them only together with ``deploy/``. ``start_metrics_server`` is a no-op for port None.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+VLM_REQUESTS = Counter(
+    "narrator_vlm_requests_total",
+    "Chat completion attempts by replica, module and outcome",
+    ["replica", "module", "outcome"],
+)
+VLM_LATENCY = Histogram(
+    "narrator_vlm_request_seconds",
+    "Latency of chat completion attempts",
+    ["replica", "module"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160),
+)
+VLM_TOKENS = Counter(
+    "narrator_vlm_tokens_total", "Tokens reported by the server", ["module", "kind"]
+)
+VLM_IMAGES = Counter("narrator_vlm_images_total", "Images sent to the VLM", ["module"])
+VLM_IN_FLIGHT = Gauge("narrator_vlm_in_flight", "Requests in flight per replica", ["replica"])
+REPLICA_HEALTHY = Gauge(
+    "narrator_vlm_replica_healthy", "1 if the replica is in rotation", ["replica"]
+)
+EPISODES_DONE = Counter(
+    "narrator_episodes_done_total", "Episodes whose module job finished", ["module"]
+)
+JOBS_FAILED = Counter(
+    "narrator_jobs_failed_total", "Jobs that failed, by error kind", ["module", "kind"]
+)
+ITEM_FAILURES = Counter(
+    "narrator_item_failures_total", "Items recorded as failed inside a job", ["module", "kind"]
+)
+SHARDS_WRITTEN = Counter("narrator_shards_written_total", "Data shards finalized by the writer")
+SHARD_WRITE_SECONDS = Histogram(
+    "narrator_shard_write_seconds",
+    "Time to validate and rewrite one shard",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+VALIDATION_ERRORS = Counter(
+    "narrator_validation_errors_total", "Contract errors found by the writer", ["rule"]
+)
+
+
+def start_metrics_server(port: int | None, addr: str = "0.0.0.0") -> None:
+    if port is not None:
+        start_http_server(port, addr=addr)
