@@ -44,7 +44,7 @@ def finalize_claim(run_id: str, file_key: str, generation: str) -> str:
 
 
 def result(run_id: str, module: str, episode: int) -> str:
-    """String: JSON of a module's staged result for one episode (see ``common.staging``)."""
+    """Hash {"hash": module hash, "data": JSON of the ModuleResult} (see ``common.staging``)."""
     return f"{PREFIX}:run:{run_id}:result:{module}:{episode}"
 
 

@@ -1,0 +1,178 @@
+"""The run record: what the producer registers in Redis and every role reads back.
+
+A run is identified by the dataset (absolute root + fingerprint), so running the same command
+again resumes it. What changes answers (settings, prompt texts, model) goes into per-module
+hashes; the *generation* is a hash of all module hashes and names one complete set of
+results. A changed prompt changes one module hash and the generation; only that module's
+jobs (and modules that read its output) are recomputed.
+
+Invariants:
+* Workers and the writer take the dataset root, settings, prompts and model from the run
+  record only, never from their own flags: a job payload names a run, not a path.
+* Prompt *texts* are stored in the run, so every worker uses the prompts the producer saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aredis
+
+from common import keys
+from common.config import AnnotationSettings
+from common.errors import PermanentError
+from common.prompts import PromptSet
+
+
+def compute_run_id(root: Path, fingerprint: str) -> str:
+    text = f"{Path(root).resolve()}\0{fingerprint}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _settings_json(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def compute_module_hashes(
+    settings: AnnotationSettings, prompts: PromptSet, model: str
+) -> dict[str, str]:
+    """One hash per enabled module over everything that changes its answers."""
+    common_part = {
+        "seed": settings.seed,
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+        "frames": settings.frames.model_dump(),
+        "chat_template_kwargs": settings.chat_template_kwargs,
+        "model": model,
+    }
+    own = {
+        "plan": settings.plan.model_dump(),
+        "interjections": settings.interjections.model_dump(),
+        "vqa": settings.vqa.model_dump(mode="json"),
+    }
+    hashes: dict[str, str] = {}
+    for module in ("plan", "interjections", "vqa"):
+        if module not in settings.modules:
+            continue
+        digest = hashlib.sha256()
+        digest.update(module.encode())
+        digest.update(_settings_json(common_part))
+        digest.update(_settings_json(own[module]))
+        digest.update(prompts.module_hash(module).encode())
+        if module == "interjections":  # reads the plan's subtasks
+            digest.update(hashes["plan"].encode())
+        hashes[module] = digest.hexdigest()[:16]
+    return hashes
+
+
+def generation_of(module_hashes: dict[str, str]) -> str:
+    return hashlib.sha256(_settings_json(module_hashes)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    root: Path
+    fingerprint: str
+    model: str
+    settings: AnnotationSettings
+    prompts: PromptSet
+    module_hashes: dict[str, str]
+    generation: str
+    staging_dir: Path
+    total_files: int
+    total_episodes: int
+    total_jobs: int
+    created_at: float
+
+    def to_redis(self) -> dict[Any, Any]:
+        return {
+            "run_id": self.run_id,
+            "root": str(self.root),
+            "fingerprint": self.fingerprint,
+            "model": self.model,
+            "settings": self.settings.model_dump_json(),
+            "prompts": orjson.dumps(
+                {"texts": self.prompts.texts, "sources": self.prompts.sources}
+            ).decode(),
+            "prompt_hashes": orjson.dumps(self.prompts.hashes()).decode(),
+            "module_hashes": orjson.dumps(self.module_hashes).decode(),
+            "generation": self.generation,
+            "staging_dir": str(self.staging_dir),
+            "total_files": str(self.total_files),
+            "total_episodes": str(self.total_episodes),
+            "total_jobs": str(self.total_jobs),
+            "created_at": repr(self.created_at),
+            "updated_at": repr(time.time()),
+        }
+
+    @classmethod
+    def from_redis(cls, raw: Mapping[Any, Any]) -> RunRecord:
+        data = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        prompts = orjson.loads(data["prompts"])
+        return cls(
+            run_id=data["run_id"],
+            root=Path(data["root"]),
+            fingerprint=data["fingerprint"],
+            model=data["model"],
+            settings=AnnotationSettings.model_validate_json(data["settings"]),
+            prompts=PromptSet(texts=prompts["texts"], sources=prompts["sources"]),
+            module_hashes=orjson.loads(data["module_hashes"]),
+            generation=data["generation"],
+            staging_dir=Path(data["staging_dir"]),
+            total_files=int(data["total_files"]),
+            total_episodes=int(data["total_episodes"]),
+            total_jobs=int(data["total_jobs"]),
+            created_at=float(data["created_at"]),
+        )
+
+
+class UnknownRunError(PermanentError):
+    pass
+
+
+def load_run(conn: redis.Redis, run_id: str) -> RunRecord:
+    raw = conn.hgetall(keys.run(run_id))
+    if not raw:
+        raise UnknownRunError(f"no run {run_id!r} in Redis; list runs with `narrator status`")
+    return RunRecord.from_redis(raw)
+
+
+async def load_run_async(conn: aredis.Redis, run_id: str) -> RunRecord:
+    raw = await conn.hgetall(keys.run(run_id))
+    if not raw:
+        raise UnknownRunError(f"no run {run_id!r} in Redis; list runs with `narrator status`")
+    return RunRecord.from_redis(raw)
+
+
+def load_run_files(conn: redis.Redis, run_id: str) -> dict[str, list[int]]:
+    """data file -> its episodes, as the producer registered them."""
+    raw = conn.hgetall(keys.run_files(run_id))
+    out: dict[str, list[int]] = {}
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else str(k)
+        out[name] = [int(e) for e in orjson.loads(v)["episodes"]]
+    return dict(sorted(out.items()))
+
+
+def text(value: Any) -> str | None:
+    """Redis replies as ``str`` whether the client decodes responses or not."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def default_state_dir(root: Path) -> Path:
+    """``<parent>/.<name>.narrator``: beside the dataset, on the same filesystem."""
+    root = Path(root).resolve()
+    return root.parent / f".{root.name}.narrator"

@@ -1,0 +1,234 @@
+"""Register a run and enqueue its jobs with rq (JSON serializer, deterministic job ids).
+
+Resuming is the normal case: results already staged with the current module hash are not
+recomputed, jobs already queued or running are left alone, failed ones and ones orphaned by a
+dead worker are enqueued again. Files whose every job is done get their finalize job at once.
+
+Invariants:
+* One job per (episode, module); ``interjections`` depends on the same episode's ``plan``
+  job (a single rq parent), never on thousands of parents.
+* Each data file has a pending set of ``module:episode`` members; the finalize job of a file
+  is enqueued by whoever empties it (workers) or by the producer when it is empty already.
+* Jobs name a run id only; paths come from the run record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import redis
+from common.dataset import DatasetMeta, load_dataset_meta
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
+
+from common import keys
+from common.config import AnnotationSettings
+from common.logging import get_logger
+from common.prompts import PromptSet
+from common.queueing import MODULE_JOB, enqueue_finalize_job, module_queue
+from common.runs import (
+    RunRecord,
+    compute_module_hashes,
+    compute_run_id,
+    default_state_dir,
+    generation_of,
+    text,
+)
+
+log = get_logger(__name__)
+
+ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+@dataclass
+class EnqueueSummary:
+    run_id: str
+    generation: str
+    total_jobs: int
+    enqueued: int = 0
+    already_done: int = 0
+    already_active: int = 0
+    finalize_enqueued: int = 0
+    complete: bool = False
+    files: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    job_timeout_s: int = 1800
+    job_retries: int = 3
+    retry_intervals_s: tuple[int, ...] = (5, 30, 120)
+
+
+def enqueue_run(
+    conn: redis.Redis,
+    root: Path,
+    *,
+    settings: AnnotationSettings,
+    prompts: PromptSet,
+    model: str,
+    options: JobOptions | None = None,
+    staging_dir: Path | None = None,
+    meta: DatasetMeta | None = None,
+) -> EnqueueSummary:
+    options = options or JobOptions()
+    root = Path(root).resolve()
+    meta = meta or load_dataset_meta(root)
+    run_id = compute_run_id(root, meta.fingerprint())
+    module_hashes = compute_module_hashes(settings, prompts, model)
+    generation = generation_of(module_hashes)
+    modules = [m for m in keys.MODULES if m in module_hashes]
+    total_jobs = len(meta.episodes) * len(modules)
+    summary = EnqueueSummary(run_id, generation, total_jobs, files=len(meta.files))
+
+    if text(conn.get(keys.committed(run_id))) == generation:
+        summary.complete = True
+        summary.already_done = total_jobs
+        return summary
+
+    existing = conn.hget(keys.run(run_id), "created_at")
+    record = RunRecord(
+        run_id=run_id,
+        root=root,
+        fingerprint=meta.fingerprint(),
+        model=model,
+        settings=settings,
+        prompts=prompts,
+        module_hashes=module_hashes,
+        generation=generation,
+        staging_dir=Path(staging_dir or default_state_dir(root) / "staging"),
+        total_files=len(meta.files),
+        total_episodes=len(meta.episodes),
+        total_jobs=total_jobs,
+        created_at=float(existing) if existing else time.time(),
+    )
+    pipe = conn.pipeline(transaction=True)
+    pipe.hset(keys.run(run_id), mapping=record.to_redis())
+    pipe.sadd(keys.RUNS, run_id)
+    pipe.delete(keys.run_files(run_id))
+    pipe.hset(
+        keys.run_files(run_id),
+        mapping={
+            f: orjson.dumps({"path": f, "episodes": list(eps)}) for f, eps in meta.files.items()
+        },
+    )
+    pipe.execute()
+
+    done = _finished_members(conn, run_id, meta, module_hashes)
+    summary.already_done = len(done)
+
+    # Rebuild the pending sets from scratch for this generation.
+    pipe = conn.pipeline(transaction=False)
+    for data_file, episodes in meta.files.items():
+        members = [keys.member(m, e) for e in episodes for m in modules if (m, e) not in done]
+        pipe.delete(keys.pending(run_id, data_file))
+        if members:
+            pipe.sadd(keys.pending(run_id, data_file), *members)
+    pipe.execute()
+
+    queue = module_queue(conn)
+    todo = [(m, e) for e in sorted(meta.episodes) for m in modules if (m, e) not in done]
+    enqueued, active = _enqueue_module_jobs(conn, queue, run_id, todo, module_hashes, options)
+    summary.enqueued, summary.already_active = enqueued, active
+
+    for data_file in meta.files:
+        if conn.scard(keys.pending(run_id, data_file)) == 0:
+            summary.finalize_enqueued += int(enqueue_finalize(conn, run_id, data_file, generation))
+    log.info(
+        "run enqueued",
+        run=run_id,
+        generation=generation,
+        jobs=total_jobs,
+        enqueued=enqueued,
+        done=len(done),
+        active=active,
+    )
+    return summary
+
+
+def _finished_members(
+    conn: redis.Redis, run_id: str, meta: DatasetMeta, module_hashes: dict[str, str]
+) -> set[tuple[str, int]]:
+    pairs = [(m, e) for e in sorted(meta.episodes) for m in module_hashes]
+    pipe = conn.pipeline(transaction=False)
+    for m, e in pairs:
+        pipe.hget(keys.result(run_id, m, e), "hash")
+    found = pipe.execute()
+    return {pair for pair, h in zip(pairs, found, strict=True) if text(h) == module_hashes[pair[0]]}
+
+
+def _live_worker_names(conn: redis.Redis) -> set[str]:
+    return {w.name for w in Worker.all(connection=conn)}
+
+
+def _enqueue_module_jobs(
+    conn: redis.Redis,
+    queue: Queue,
+    run_id: str,
+    todo: list[tuple[str, int]],
+    module_hashes: dict[str, str],
+    options: JobOptions,
+) -> tuple[int, int]:
+    ids = [keys.job_id(run_id, m, e, module_hashes[m]) for m, e in todo]
+    existing = Job.fetch_many(ids, connection=conn, serializer=JSONSerializer) if ids else []
+    live_workers = _live_worker_names(conn) if ids else set()
+    planned_ids = set(ids)
+    active = 0
+    batch = []
+    for (module, episode), job_id, job in zip(todo, ids, existing, strict=True):
+        if job is not None:
+            status = job.get_status(refresh=False)
+            orphan = status == JobStatus.STARTED and job.worker_name not in live_workers
+            if status in ACTIVE_STATES and not orphan:
+                active += 1
+                continue
+            job.delete(remove_from_queue=True)
+        depends_on = None
+        if module == "interjections":
+            parent = keys.job_id(run_id, "plan", episode, module_hashes["plan"])
+            if parent in planned_ids or _job_active(conn, parent):
+                depends_on = parent
+        batch.append(
+            Queue.prepare_data(
+                MODULE_JOB,
+                args=(run_id, module, episode, module_hashes[module]),
+                job_id=job_id,
+                timeout=options.job_timeout_s,
+                result_ttl=3600,
+                failure_ttl=7 * 24 * 3600,
+                description=f"{module} episode {episode} (run {run_id})",
+                depends_on=depends_on,
+                retry=Retry(max=options.job_retries, interval=list(options.retry_intervals_s))
+                if options.job_retries
+                else None,
+            )
+        )
+    # Plan jobs first, so dependents find their parent already saved.
+    batch.sort(key=lambda d: 0 if d.args[1] == "plan" else 1)
+    for start in range(0, len(batch), 500):
+        with conn.pipeline() as pipe:
+            queue.enqueue_many(batch[start : start + 500], pipeline=pipe)
+            pipe.execute()
+    return len(batch), active
+
+
+def _job_active(conn: redis.Redis, job_id: str) -> bool:
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+    except Exception:  # rq raises NoSuchJobError (and deserialisation errors)
+        return False
+    return job.get_status(refresh=False) in ACTIVE_STATES
+
+
+def enqueue_finalize(conn: redis.Redis, run_id: str, data_file: str, generation: str) -> bool:
+    """Enqueue the writer's finalize job for ``data_file`` once per generation."""
+    if not conn.set(keys.finalize_claim(run_id, data_file, generation), b"1", nx=True):
+        return False
+    enqueue_finalize_job(conn, run_id, data_file, generation)
+    return True

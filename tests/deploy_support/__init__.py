@@ -1,0 +1,1 @@
+"""Helpers of the deployment tests: compose file loading, kustomize rendering, bundled schemas."""

@@ -1,0 +1,215 @@
+"""The docker-compose roles, run as local processes: does the stack annotate a dataset?
+
+No Docker here, so the test takes each narrator service of deploy/docker-compose.yml (its
+command and environment, as Compose would interpolate them from a ``.env``), and starts
+``narrator <command>`` with that environment on this machine. Only what a container network
+would provide is rewired: Redis is the test server, each vLLM service is a replica of the
+simulated VLM, the ``/datasets`` bind mount is a temporary directory, and metrics ports are
+free local ports instead of one port per container.
+
+The run must finish: ``narrator status`` says done, every shard has both language columns,
+and the Prometheus endpoints the compose file's prometheus.yml scrapes serve narrator metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from common.redis_server import free_port
+from narrator.sample_dataset import make_sample_dataset
+from tests.deploy_support.compose import (
+    bind_mounts,
+    load_compose,
+    service_command,
+    service_environment,
+)
+
+DATASET = "sample"
+LANGUAGE_COLUMNS = ("language_persistent", "language_events")
+RUN_DEADLINE_S = 75.0
+NARRATOR = Path(sys.executable).with_name("narrator")
+
+
+@dataclass
+class Processes:
+    """Child processes started by this test, stopped (by handle) at teardown."""
+
+    logs_dir: Path
+    started: dict[str, tuple[subprocess.Popen[bytes], Path]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        log_path = self.logs_dir / f"{name}.log"
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(argv, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT)
+        log_file.close()
+        self.started[name] = (process, log_path)
+        return process
+
+    def assert_alive(self) -> None:
+        for name, (process, _) in self.started.items():
+            assert process.poll() is None, f"{name} exited ({process.returncode}):\n{self.tails()}"
+
+    def tails(self) -> str:
+        parts = []
+        for name, (_, log_path) in self.started.items():
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            parts.append(f"--- {name} ---\n{text[-3000:]}")
+        return "\n".join(parts)
+
+    def stop_all(self) -> None:
+        for process, _ in self.started.values():
+            if process.poll() is None:
+                process.terminate()
+        for process, _ in self.started.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    group = Processes(tmp_path)
+    yield group
+    group.stop_all()
+
+
+def base_env() -> dict[str, str]:
+    """What any process needs from this machine; no NARRATOR_* leaks in from the outside."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    return {key: os.environ[key] for key in keep if key in os.environ}
+
+
+def start_simulated_vlm(processes: Processes, replicas: int) -> list[str]:
+    """Start ``python -m narrator.simvlm`` and return its replica URLs (one per line)."""
+    argv = [sys.executable, "-m", "narrator.simvlm", "--replicas", str(replicas), "--port", "0"]
+    process = subprocess.Popen(
+        argv, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    processes.started["simvlm"] = (process, processes.logs_dir / "simvlm.log")
+    stdout: IO[bytes] | None = process.stdout
+    assert stdout is not None
+    urls = [stdout.readline().decode().strip() for _ in range(replicas)]
+    assert all(url.startswith("http://") for url in urls), f"simvlm printed {urls}"
+    return urls
+
+
+def localize(value: str, mounts: Mapping[str, str]) -> str:
+    """A container path under a bind-mount target, as the host path it is mounted from."""
+    for target, source in mounts.items():
+        if value == target or value.startswith(target + "/"):
+            return source + value[len(target) :]
+    return value
+
+
+def role_process_spec(
+    service: Mapping[str, Any], overrides: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of one compose service run as a local ``narrator`` process."""
+    mounts = {m["target"]: str(Path(m["source"])) for m in bind_mounts(service)}
+    env = base_env()
+    env.update({k: localize(v, mounts) for k, v in service_environment(service).items()})
+    env.update(overrides)
+    argv = [str(NARRATOR), *(localize(arg, mounts) for arg in service_command(service))]
+    return argv, env
+
+
+def vlm_url_overrides(compose_urls: str, sim_urls: list[str]) -> str:
+    """The compose file's NARRATOR_VLM_URLS with each vLLM service mapped to one sim replica."""
+    compose_list = compose_urls.split(",")
+    assert len(compose_list) == len(sim_urls)
+    return ",".join(sim_urls)
+
+
+def dataset_is_annotated(root: Path) -> bool:
+    info = json.loads((root / "meta" / "info.json").read_text())
+    if not all(column in info["features"] for column in LANGUAGE_COLUMNS):
+        return False
+    for shard in sorted((root / "data").rglob("*.parquet")):
+        names = pq.read_schema(shard).names
+        assert all(column in names for column in LANGUAGE_COLUMNS), f"{shard} lacks a column"
+    return True
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def metric_total(exposition: str, name: str) -> float:
+    """Sum of every sample of ``name`` in a Prometheus text exposition."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_compose_roles_annotate_a_sample_dataset(
+    tmp_path: Path, redis_url: str, processes: Processes
+) -> None:
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    make_sample_dataset(datasets / DATASET, episodes=4, cameras=1)
+    dot_env = {
+        "REDIS_PASSWORD": "smoke-test-password",
+        "NARRATOR_DATASET": DATASET,
+        "NARRATOR_DATASETS_DIR": str(datasets),
+    }
+    services = load_compose(dot_env)["services"]
+    vllm_count = sum(1 for name in services if name.startswith("vllm-"))
+    sim_urls = start_simulated_vlm(processes, vllm_count)
+    vlm_urls = vlm_url_overrides(
+        service_environment(services["worker"])["NARRATOR_VLM_URLS"], sim_urls
+    )
+    metrics_ports = {"worker": free_port(), "writer": free_port()}
+
+    def spec(role: str) -> tuple[list[str], dict[str, str]]:
+        overrides = {"NARRATOR_REDIS_URL": redis_url, "NARRATOR_VLM_URLS": vlm_urls}
+        if role in metrics_ports:
+            overrides["NARRATOR_METRICS_PORT"] = str(metrics_ports[role])
+        return role_process_spec(services[role], overrides)
+
+    for role in ("writer", "worker"):
+        processes.start(role, *spec(role))
+
+    argv, env = spec("producer")
+    assert argv[1:] == ["enqueue", str(datasets / DATASET)]
+    enqueue = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert enqueue.returncode == 0, f"enqueue failed: {enqueue.stderr}"
+    run_id = enqueue.stdout.strip().splitlines()[-1]
+
+    deadline = time.monotonic() + RUN_DEADLINE_S
+    while not dataset_is_annotated(datasets / DATASET):
+        processes.assert_alive()
+        assert time.monotonic() < deadline, f"run {run_id} did not finish:\n{processes.tails()}"
+        time.sleep(0.5)
+
+    # `docker compose run --rm producer status RUN` runs this in the producer's environment.
+    status = subprocess.run(
+        [str(NARRATOR), "status", run_id], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert status.returncode == 0, status.stderr
+    assert "done" in status.stdout, status.stdout
+
+    processes.assert_alive()
+    writer_metrics = scrape(metrics_ports["writer"])
+    assert metric_total(writer_metrics, "narrator_shards_written_total") >= 1
+    worker_metrics = scrape(metrics_ports["worker"])
+    assert metric_total(worker_metrics, "narrator_vlm_requests_total") >= 1, (
+        "the worker's /metrics (what Prometheus scrapes) shows no VLM requests"
+    )

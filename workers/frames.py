@@ -1,0 +1,269 @@
+"""Frames for the VLM: decode camera frames with PyAV (or from embedded images) and encode
+them as JPEG data URLs within a pixel budget.
+
+Invariants:
+* :func:`decode_video_frames` makes one pass per call: it seeks once (backward, to a keyframe
+  at or before the earliest requested time minus one frame) and decodes forward, never going
+  back. Each requested time gets the frame whose presentation time is nearest; a tie goes to
+  the earlier frame. Results come back in the order the times were asked for.
+* A time past the end of the stream (more than half a frame after its last frame), a negative
+  time, or a file that cannot be opened or decoded raises
+  :class:`~common.errors.VideoDecodeError` naming the file and the time.
+* :func:`encode_frame` never upscales: it shrinks, keeping the aspect ratio, until
+  width * height <= max_pixels.
+* The async loaders do all blocking work (decode, parquet, JPEG) in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from common.config import FrameSettings
+from common.dataset import DatasetMeta, Episode
+from common.dataset_layout import row_groups_covering
+from common.errors import DatasetError, VideoDecodeError
+
+_TIME_EPSILON_S = 1e-6
+_FALLBACK_FRAME_S = 1 / 30
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    data_url: str  # "data:image/jpeg;base64,..."
+    sent_width: int  # size of the JPEG sent to the VLM
+    sent_height: int
+    stored_width: int  # size of the frame as stored in the dataset
+    stored_height: int
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+def _frame_duration_s(stream: Any) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(1 / rate) if rate else _FALLBACK_FRAME_S
+
+
+def decode_video_frames(path: Path, timestamps_s: Sequence[float]) -> list[Image.Image]:
+    """The frames nearest to ``timestamps_s`` (absolute seconds in the file), in that order."""
+    if not timestamps_s:
+        return []
+    for t in timestamps_s:
+        if not math.isfinite(t) or t < 0:
+            raise VideoDecodeError(path, f"cannot decode at time {t} s: times start at 0")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoDecodeError(
+            path,
+            f"cannot be opened as a video ({exc}) to decode time {min(timestamps_s):.3f} s; "
+            "the file is missing, truncated or corrupt: restore it from the dataset's source",
+        ) from exc
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "has no video stream")
+        return _decode_nearest(path, container, container.streams.video[0], timestamps_s)
+
+
+def _decode_nearest(
+    path: Path, container: Any, stream: Any, timestamps_s: Sequence[float]
+) -> list[Image.Image]:
+    stream.thread_type = "AUTO"
+    order = sorted(range(len(timestamps_s)), key=lambda i: timestamps_s[i])
+    frame_s = _frame_duration_s(stream)
+    chosen: list[Any] = [None] * len(timestamps_s)
+    pending = 0  # position in ``order`` of the next time to serve
+    previous: tuple[float, Any] | None = None
+    last_gap_s = frame_s
+    seek_s = max(0.0, timestamps_s[order[0]] - frame_s)
+    try:
+        if seek_s > 0:
+            offset = int(seek_s / float(stream.time_base))
+            container.seek(offset, stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            now = float(frame.time)
+            while pending < len(order) and timestamps_s[order[pending]] <= now + _TIME_EPSILON_S:
+                target = timestamps_s[order[pending]]
+                use_previous = previous is not None and target - previous[0] <= now - target
+                chosen[order[pending]] = previous[1] if use_previous and previous else frame
+                pending += 1
+            if pending == len(order):
+                break
+            if previous is not None:
+                last_gap_s = max(now - previous[0], _TIME_EPSILON_S)
+            previous = (now, frame)
+    except av.FFmpegError as exc:
+        raise VideoDecodeError(
+            path,
+            f"cannot be decoded near {timestamps_s[order[pending]]:.3f} s ({exc}); the file "
+            "is truncated or corrupt: restore it from the dataset's source",
+        ) from exc
+    while pending < len(order):
+        target = timestamps_s[order[pending]]
+        if previous is None or target - previous[0] > last_gap_s / 2 + _TIME_EPSILON_S:
+            end = f"its last frame is at {previous[0]:.3f} s" if previous else "it has no frames"
+            raise VideoDecodeError(
+                path,
+                f"has no frame at {target:.3f} s: {end}. The video is shorter than the "
+                "episodes table says; restore the video or fix the table's timestamps",
+            )
+        chosen[order[pending]] = previous[1]
+        pending += 1
+    images: dict[int, Image.Image] = {}
+    return [images.setdefault(id(f), f.to_image()) for f in chosen]
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest size of the same aspect ratio with width * height <= max_pixels; never
+    larger than the input."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    new_w, new_h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    while new_w * new_h > max_pixels:
+        if new_w >= new_h:
+            new_w -= 1
+        else:
+            new_h -= 1
+    return new_w, new_h
+
+
+def encode_frame(image: Image.Image, *, max_pixels: int, jpeg_quality: int) -> EncodedFrame:
+    """JPEG data URL of ``image``, shrunk to the pixel budget if needed."""
+    stored_w, stored_h = image.size
+    sent_w, sent_h = fit_size(stored_w, stored_h, max_pixels)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if (sent_w, sent_h) != (stored_w, stored_h):
+        rgb = rgb.resize((sent_w, sent_h), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=jpeg_quality)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return EncodedFrame(
+        data_url=f"data:image/jpeg;base64,{encoded}",
+        sent_width=sent_w,
+        sent_height=sent_h,
+        stored_width=stored_w,
+        stored_height=stored_h,
+    )
+
+
+# --- loaders -------------------------------------------------------------------------------
+
+
+async def load_frames(
+    meta: DatasetMeta,
+    episode: Episode,
+    camera: str,
+    timestamps_s: Sequence[float],
+    settings: FrameSettings,
+) -> list[EncodedFrame]:
+    """Encoded frames of a video camera at episode-relative times, decoded off the event loop."""
+    span = episode.videos.get(camera)
+    if span is None:
+        known = ", ".join(sorted(episode.videos)) or "none"
+        raise DatasetError(
+            meta.root / episode.data_file,
+            f"episode {episode.index} has no video for camera {camera!r} (video cameras: "
+            f"{known}); image cameras are read with load_image_frames",
+        )
+    duration_s = span.to_timestamp_s - span.from_timestamp_s
+    for t in timestamps_s:
+        if t > duration_s + _TIME_EPSILON_S:
+            raise VideoDecodeError(
+                span.path,
+                f"time {t:.3f} s is past the end of episode {episode.index} "
+                f"({duration_s:.3f} s long in this video)",
+            )
+    absolute = [span.from_timestamp_s + t for t in timestamps_s]
+
+    def work() -> list[EncodedFrame]:
+        images = decode_video_frames(span.path, absolute)
+        return [_encode(image, settings) for image in images]
+
+    return await asyncio.to_thread(work)
+
+
+def _encode(image: Image.Image, settings: FrameSettings) -> EncodedFrame:
+    return encode_frame(image, max_pixels=settings.max_pixels, jpeg_quality=settings.jpeg_quality)
+
+
+async def load_image_frames(
+    meta: DatasetMeta,
+    episode: Episode,
+    camera: str,
+    frame_indices: Sequence[int],
+    settings: FrameSettings,
+) -> list[EncodedFrame]:
+    """Encoded frames of an image camera (PNG/JPEG bytes in the data file), by episode-relative
+    frame index; reads only the row groups holding those frames."""
+    if meta.camera(camera).dtype != "image":
+        raise DatasetError(
+            meta.root / episode.data_file, f"camera {camera!r} is not an image camera"
+        )
+    for index in frame_indices:
+        if not 0 <= index < episode.length:
+            raise DatasetError(
+                meta.root / episode.data_file,
+                f"episode {episode.index} has no frame {index} (length {episode.length})",
+            )
+    path = meta.root / episode.data_file
+    start = meta.row_start(episode)
+
+    def work() -> list[EncodedFrame]:
+        blobs = _read_image_cells(path, camera, [start + i for i in frame_indices])
+        return [_encode(_open_image(path, camera, row, blob), settings) for row, blob in blobs]
+
+    return await asyncio.to_thread(work)
+
+
+def _read_image_cells(path: Path, camera: str, rows: list[int]) -> list[tuple[int, bytes]]:
+    cells: dict[int, bytes] = {}
+    try:
+        with pq.ParquetFile(path) as parquet:
+            by_group: dict[int, list[tuple[int, int]]] = {}
+            for row in sorted(set(rows)):
+                groups, offset = row_groups_covering(parquet.metadata, row, 1)
+                by_group.setdefault(groups[0], []).append((row, offset))
+            for group, members in by_group.items():
+                column = parquet.read_row_group(group, columns=[camera]).column(camera)
+                for row, offset in members:
+                    cells[row] = _image_bytes(path, camera, row, column[offset].as_py())
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(path, f"cannot read image column {camera!r} ({exc})") from exc
+    return [(row, cells[row]) for row in rows]
+
+
+def _image_bytes(path: Path, camera: str, row: int, cell: Any) -> bytes:
+    data = cell.get("bytes") if isinstance(cell, dict) else cell
+    if not isinstance(data, bytes | bytearray):
+        raise DatasetError(
+            path, f"row {row} of image camera {camera!r} holds no embedded image bytes"
+        )
+    return bytes(data)
+
+
+def _open_image(path: Path, camera: str, row: int, blob: bytes) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DatasetError(
+            path, f"row {row} of image camera {camera!r} is not a readable image ({exc})"
+        ) from exc

@@ -1,0 +1,201 @@
+"""The rq job functions of the worker role (async; run by :class:`workers.runtime.NarratorJob`).
+
+``run_module(run_id, module, episode, module_hash)`` annotates one episode with one module
+and publishes the result. Publishing is one Lua script: store the result, remove the
+``module:episode`` member from its data file's pending set, add counters and failure records
+(first publish only), and claim the file's finalize job if the set became empty. The claimer
+enqueues the finalize job on the writer's queue.
+
+Invariants:
+* A job whose ``module_hash`` is no longer the run's (settings or prompts changed since it
+  was enqueued) does nothing: the producer enqueued its replacement.
+* The dataset root comes from the run record; the payload cannot name a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import structlog
+from common.dataset import read_episode_frames
+from rq import get_current_job
+
+from common import keys
+from common.errors import ContractError, PermanentError, TransientError
+from common.logging import get_logger
+from common.metrics import EPISODES_DONE, ITEM_FAILURES, JOBS_FAILED
+from common.queueing import enqueue_finalize_job
+from common.runs import RunRecord, load_run_async, text
+from common.staging import ModuleResult, check_module_rows
+from workers.frame_source import VideoFrameSource
+from workers.modules.base import EpisodeContext, ModuleOutput, ModuleRunner
+from workers.modules.interjections import run_interjections
+from workers.modules.plan import run_plan
+from workers.modules.vqa import run_vqa
+from workers.runtime import current
+
+log = get_logger(__name__)
+
+RUNNERS: dict[str, ModuleRunner] = {
+    "plan": run_plan,
+    "interjections": run_interjections,
+    "vqa": run_vqa,
+}
+
+PUBLISH_SCRIPT = """
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'data', ARGV[2])
+local removed = redis.call('SREM', KEYS[2], ARGV[3])
+if removed == 1 then
+  local n = tonumber(ARGV[4])
+  for i = 0, n - 1 do
+    redis.call('HINCRBY', KEYS[4], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+  end
+  for i = 5 + 2 * n, #ARGV do
+    redis.call('RPUSH', KEYS[5], ARGV[i])
+  end
+end
+if redis.call('SCARD', KEYS[2]) == 0 then
+  if redis.call('SET', KEYS[3], '1', 'NX') then
+    return 1
+  end
+end
+return 0
+"""
+
+
+class StaleJobError(PermanentError):
+    pass
+
+
+async def run_module(run_id: str, module: str, episode: int, module_hash: str) -> dict[str, Any]:
+    job = get_current_job()
+    structlog.contextvars.bind_contextvars(
+        run=run_id, module=module, episode=episode, job=job.id if job else None
+    )
+    rt = current()
+    started = time.monotonic()
+    try:
+        run = await load_run_async(rt.aredis, run_id)
+        if run.module_hashes.get(module) != module_hash:
+            log.info("job superseded by a newer generation; nothing to do")
+            return {"stale": True}
+        result = await _annotate(run, module, episode, module_hash)
+        claimed = await _publish(run, result)
+    except Exception as exc:
+        kind = "transient" if isinstance(exc, TransientError) else type(exc).__name__
+        JOBS_FAILED.labels(module=module, kind=kind).inc()
+        log.warning("job failed", error=str(exc), kind=type(exc).__name__)
+        raise
+    EPISODES_DONE.labels(module=module).inc()
+    for failure in result.failures:
+        ITEM_FAILURES.labels(module=module, kind=failure.kind).inc()
+    if claimed:
+        data_file = run_file_of(run, episode, rt.dataset_meta(run.root, run.fingerprint))
+        await asyncio.to_thread(_enqueue_finalize, run_id, data_file, run.generation)
+    log.info(
+        "job done",
+        rows=len(result.rows),
+        failures=len(result.failures),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return {"rows": len(result.rows), "failures": len(result.failures)}
+
+
+def run_file_of(run: RunRecord, episode: int, meta: Any) -> str:
+    return str(meta.episodes[episode].data_file)
+
+
+async def _annotate(run: RunRecord, module: str, episode: int, module_hash: str) -> ModuleResult:
+    rt = current()
+    meta = await asyncio.to_thread(rt.dataset_meta, run.root, run.fingerprint)
+    if meta.fingerprint() != run.fingerprint:
+        raise PermanentError(
+            f"the dataset at {run.root} changed since run {run.run_id} was enqueued; "
+            "enqueue it again"
+        )
+    if episode not in meta.episodes:
+        raise PermanentError(f"episode {episode} is not in the dataset at {run.root}")
+    ep = meta.episodes[episode]
+    frames = await asyncio.to_thread(read_episode_frames, meta, episode)
+    upstream: dict[str, ModuleResult] = {}
+    if module == "interjections":
+        upstream["plan"] = await _load_result(run, "plan", episode)
+    task = ep.tasks[0] if ep.tasks else meta.tasks.get(int(frames.task_index[0]), "")
+    ctx = EpisodeContext(
+        run_id=run.run_id,
+        episode=ep,
+        frames=frames,
+        task=task,
+        fps=meta.fps,
+        cameras=tuple(c for c in meta.cameras if c.key in ep.videos),
+        settings=run.settings,
+        prompts=run.prompts,
+        model=run.model,
+        frame_source=VideoFrameSource(meta, ep, frames, run.settings.frames),
+        upstream=upstream,
+    )
+    before = rt.client.counters()
+    output: ModuleOutput = await RUNNERS[module](ctx, rt.client)
+    after = rt.client.counters()
+    check_module_rows(module, output.rows)
+    _check_frames(output, ctx.length, module)
+    counts = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    return ModuleResult(
+        module=module,
+        episode=episode,
+        module_hash=module_hash,
+        rows=output.rows,
+        failures=output.failures,
+        counts={k: v for k, v in counts.items() if v},
+        extra=output.extra,
+    )
+
+
+def _check_frames(output: ModuleOutput, length: int, module: str) -> None:
+    for row in output.rows:
+        if not 0 <= row.frame < length:
+            raise ContractError(
+                f"module {module} placed a row on frame {row.frame}, outside 0..{length - 1}"
+            )
+
+
+async def _load_result(run: RunRecord, module: str, episode: int) -> ModuleResult:
+    rt = current()
+    raw = await rt.aredis.hmget(keys.result(run.run_id, module, episode), ["hash", "data"])
+    if text(raw[0]) != run.module_hashes[module] or raw[1] is None:
+        raise TransientError(f"the {module} result of episode {episode} is not staged yet")
+    return ModuleResult.decode(raw[1])
+
+
+async def _publish(run: RunRecord, result: ModuleResult) -> bool:
+    rt = current()
+    meta = rt.dataset_meta(run.root, run.fingerprint)
+    data_file = run_file_of(run, result.episode, meta)
+    counters = sorted(result.counts.items())
+    args: list[Any] = [
+        result.module_hash,
+        result.encode(),
+        keys.member(result.module, result.episode),
+        len(counters),
+    ]
+    for name, value in counters:
+        args += [name, value]
+    args += [orjson.dumps(f) for f in result.failures]
+    claimed = await rt.aredis.eval(  # type: ignore[misc]
+        PUBLISH_SCRIPT,
+        5,
+        keys.result(run.run_id, result.module, result.episode),
+        keys.pending(run.run_id, data_file),
+        keys.finalize_claim(run.run_id, data_file, run.generation),
+        keys.stats(run.run_id),
+        keys.failures(run.run_id),
+        *args,
+    )
+    return bool(claimed)
+
+
+def _enqueue_finalize(run_id: str, data_file: str, generation: str) -> None:
+    enqueue_finalize_job(current().sync_redis, run_id, data_file, generation)

@@ -1,0 +1,76 @@
+"""What every module receives and returns.
+
+A module is an async function ``run(ctx, client) -> ModuleOutput``. It builds prompts from
+``ctx`` (pure), asks the VLM through ``client`` (passed in, so tests point it at the
+simulated server), and turns answers into :class:`~common.staging.StagedRow` values placed on
+episode-relative frame indices. It never touches Redis or the dataset files itself: frames
+come from ``ctx.frame_source``.
+
+Invariant: a failure of one item (one question, one memory) is recorded as a
+:class:`~common.staging.Failure` and the rest goes on; only failures that make the whole
+episode meaningless (no subtasks at all, undecodable video) raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from common.config import AnnotationSettings
+from common.prompts import PromptSet
+from common.staging import Failure, ModuleResult, StagedRow
+
+if TYPE_CHECKING:
+    from common.dataset import CameraInfo, Episode, EpisodeFrames
+    from workers.frames import EncodedFrame
+    from workers.vlm_client import VLMClient
+
+
+class FrameSource(Protocol):
+    """Frames of the current episode, encoded for the VLM."""
+
+    async def get(self, camera: str, frame_indices: Sequence[int]) -> list[EncodedFrame]:
+        """JPEG data URLs of the given episode-relative frames of ``camera``, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class EpisodeContext:
+    run_id: str
+    episode: Episode
+    frames: EpisodeFrames
+    task: str
+    fps: float
+    cameras: tuple[CameraInfo, ...]
+    settings: AnnotationSettings
+    prompts: PromptSet
+    model: str
+    frame_source: FrameSource
+    upstream: Mapping[str, ModuleResult] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return int(self.frames.timestamp.shape[0])
+
+    def time_of(self, frame: int) -> float:
+        """The stored timestamp (seconds from episode start) of an episode-relative frame."""
+        return float(self.frames.timestamp[frame])
+
+    def seed_for(self, module: str, item: str = "") -> int:
+        """A deterministic per-(run seed, episode, module, item) seed."""
+        import hashlib
+
+        text = f"{self.settings.seed}:{self.episode.index}:{module}:{item}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+@dataclass
+class ModuleOutput:
+    rows: list[StagedRow] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModuleRunner(Protocol):
+    async def __call__(self, ctx: EpisodeContext, client: VLMClient) -> ModuleOutput: ...

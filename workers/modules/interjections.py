@@ -1,0 +1,229 @@
+"""The interjections module (SPEC section 3): spoken acknowledgement, interjections, replanning.
+
+Reads the subtask spans the plan module recorded in ``ctx.upstream["plan"].extra["subtasks"]``.
+
+* Frame 0: a speech atom with the robot's short spoken acknowledgement of the task.
+* Up to ``max_interjections`` subtask boundaries (span starts other than frame 0 whose stored
+  timestamp is at least ``interjection_min_s``), chosen with
+  ``random.Random(ctx.seed_for("interjections"))`` so the choice is fixed per run seed and
+  episode. For each, one request sees ``context_frames`` frames around the boundary (half a
+  second apart, half before it; first camera of the dataset, or a text-only prompt without
+  cameras) and the label of the subtask that follows, and returns what a person says and what
+  the robot replies. A second request rewrites the plan from the remaining subtasks and the
+  interjection. On the boundary frame the module emits the ``interjection`` row (user), a
+  speech atom with the reply, and the refreshed ``plan`` row (persistent, assistant).
+
+Invariant: an interjection is emitted only together with its speech atom and plan row; if
+either request fails, none of the three is emitted and the item is a failure. The
+acknowledgement and every interjection run concurrently.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from common.contract import say_tool_call
+from common.errors import ContractError
+from common.staging import StagedRow
+from workers.modules import schemas
+from workers.modules.answers import (
+    bulleted,
+    numbered,
+    parse_interjection,
+    parse_steps,
+    parse_utterance,
+)
+from workers.modules.asking import (
+    ITEM_ERRORS,
+    Collected,
+    ask,
+    frame_caption,
+    gather_all,
+    item_failure,
+    merge,
+    user_message,
+)
+from workers.modules.base import EpisodeContext, ModuleOutput
+from workers.modules.spans import Span, spans_from_extra
+from workers.modules.ticks import spread_frames
+
+if TYPE_CHECKING:
+    from workers.vlm_client import VLMClient
+
+MODULE = "interjections"
+CONTEXT_STEP_S = 0.5
+
+
+def speech_row(frame: int, text: str) -> StagedRow:
+    """A speech atom: style null, role assistant, content null, one ``say`` tool call."""
+    call: dict[str, Any] = orjson.loads(say_tool_call(text))
+    return StagedRow(
+        column="events",
+        frame=frame,
+        role="assistant",
+        content=None,
+        style=None,
+        tool_calls=(call,),
+    )
+
+
+def choose_boundaries(
+    spans: Sequence[Span],
+    timestamps: Sequence[float],
+    *,
+    max_count: int,
+    min_time_s: float,
+    seed: int,
+) -> list[int]:
+    """Indices into ``spans`` of the subtasks at whose start an interjection happens, in
+    increasing order: at most ``max_count`` of the spans that start after frame 0 at a time
+    of at least ``min_time_s``, drawn with ``random.Random(seed)``."""
+    candidates = [
+        i for i, s in enumerate(spans) if s.start > 0 and timestamps[s.start] >= min_time_s
+    ]
+    count = min(max_count, len(candidates))
+    return sorted(random.Random(seed).sample(candidates, count))
+
+
+def upstream_spans(ctx: EpisodeContext) -> list[Span]:
+    """The plan module's spans for this episode; ``ContractError`` when they are missing."""
+    plan = ctx.upstream.get("plan")
+    if plan is None:
+        raise ContractError(
+            f"episode {ctx.episode.index}: the interjections module needs the plan module's "
+            "result (ctx.upstream['plan']); run the plan module first"
+        )
+    try:
+        spans = spans_from_extra(plan.extra.get("subtasks"))
+    except ValueError as exc:
+        raise ContractError(f"episode {ctx.episode.index}: plan result unusable: {exc}") from exc
+    if any(not 0 <= s.start <= s.end < ctx.length for s in spans):
+        raise ContractError(
+            f"episode {ctx.episode.index}: plan spans reach outside the episode's "
+            f"{ctx.length} frames; the plan result is stale, re-run the plan module"
+        )
+    return spans
+
+
+async def _acknowledge(ctx: EpisodeContext, client: VLMClient) -> Collected:
+    try:
+        data = await ask(
+            ctx,
+            client,
+            module=MODULE,
+            item="ack",
+            messages=user_message(ctx.prompts.render("interjections.ack", task=ctx.task)),
+            schema=schemas.ack_schema(),
+            schema_name=schemas.SCHEMA_NAMES["ack"],
+            check=parse_utterance,
+        )
+    except ITEM_ERRORS as exc:
+        return Collected(failures=[item_failure(ctx, MODULE, "ack", exc)])
+    return Collected(rows=[speech_row(0, parse_utterance(data))])
+
+
+async def _interjection_messages(
+    ctx: EpisodeContext, spans: Sequence[Span], index: int
+) -> list[dict[str, Any]]:
+    boundary = spans[index].start
+    values = {
+        "task": ctx.task,
+        "done_subtasks": bulleted([s.label for s in spans[:index]]),
+        "next_subtask": spans[index].label,
+        "time_s": f"{ctx.time_of(boundary):.2f}",
+    }
+    if not ctx.cameras:
+        return user_message(ctx.prompts.render("interjections.interjection_text", **values))
+    camera = ctx.cameras[0].key
+    step = max(1, round(ctx.fps * CONTEXT_STEP_S))
+    frames = spread_frames(boundary, ctx.settings.interjections.context_frames, step, ctx.length)
+    images = await ctx.frame_source.get(camera, frames)
+    captioned = [
+        (frame_caption(i, ctx.time_of(f)), image)
+        for i, (f, image) in enumerate(zip(frames, images, strict=True))
+    ]
+    prompt = ctx.prompts.render("interjections.interjection", camera=camera, **values)
+    return user_message(prompt, captioned)
+
+
+async def _interjection(
+    ctx: EpisodeContext, client: VLMClient, spans: Sequence[Span], index: int
+) -> Collected:
+    boundary = spans[index].start
+    item = f"interjection:{boundary}"
+    try:
+        data = await ask(
+            ctx,
+            client,
+            module=MODULE,
+            item=item,
+            messages=await _interjection_messages(ctx, spans, index),
+            schema=schemas.interjection_schema(),
+            schema_name=schemas.SCHEMA_NAMES["interjection"],
+            check=parse_interjection,
+        )
+        said, reply = parse_interjection(data)
+        remaining = [s.label for s in spans[index:]]
+        max_steps = len(remaining) + 1
+        prompt = ctx.prompts.render(
+            "interjections.plan_refresh",
+            task=ctx.task,
+            done_subtasks=bulleted([s.label for s in spans[:index]]),
+            interjection=said,
+            reply=reply,
+            remaining_subtasks=numbered(remaining),
+            max_steps=max_steps,
+        )
+        plan = await ask(
+            ctx,
+            client,
+            module=MODULE,
+            item=f"plan_refresh:{boundary}",
+            messages=user_message(prompt),
+            schema=schemas.steps_schema(max_steps),
+            schema_name=schemas.SCHEMA_NAMES["plan_refresh"],
+            check=parse_steps,
+        )
+    except ITEM_ERRORS as exc:
+        return Collected(failures=[item_failure(ctx, MODULE, item, exc)])
+    return Collected(
+        rows=[
+            StagedRow(
+                column="events", frame=boundary, role="user", content=said, style="interjection"
+            ),
+            speech_row(boundary, reply),
+            StagedRow(
+                column="persistent",
+                frame=boundary,
+                role="assistant",
+                content=numbered(parse_steps(plan)),
+                style="plan",
+            ),
+        ]
+    )
+
+
+async def run_interjections(ctx: EpisodeContext, client: VLMClient) -> ModuleOutput:
+    """Annotate one episode with the acknowledgement and interjections (see module doc)."""
+    spans = upstream_spans(ctx)
+    settings = ctx.settings.interjections
+    chosen = choose_boundaries(
+        spans,
+        [float(t) for t in ctx.frames.timestamp],
+        max_count=settings.max_interjections,
+        min_time_s=settings.interjection_min_s,
+        seed=ctx.seed_for(MODULE),
+    )
+    parts = await gather_all(
+        [_acknowledge(ctx, client), *(_interjection(ctx, client, spans, i) for i in chosen)]
+    )
+    collected = merge(parts)
+    return ModuleOutput(
+        rows=collected.rows,
+        failures=collected.failures,
+        extra={"interjection_frames": [spans[i].start for i in chosen]},
+    )
