@@ -6,7 +6,9 @@
 * :func:`make_context` - an :class:`~workers.modules.base.EpisodeContext` for a synthetic
   episode with the shipped prompts.
 * :func:`sim_client` - a real :class:`~workers.vlm_client.VLMClient` talking HTTP to the
-  project's simulated VLM fleet.
+  project's simulated VLM fleet; :class:`RecordingClient` is that client, also keeping the
+  arguments of every ``chat_json`` call and when it started and ended, so tests can see what
+  the module asked (the HTTP exchange itself is untouched).
 * :func:`contract_findings` - the rows a module produced, placed on their frames' stored
   timestamps and run through the writer's validation (SPEC section 4).
 """
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image, ImageDraw
 
 from common.config import AnnotationSettings, VLMSettings
@@ -115,13 +119,52 @@ def make_context(
     )
 
 
+class RecordingClient(VLMClient):
+    """A real client that also records each ``chat_json`` call (kwargs, start, end, error)."""
+
+    def __init__(self, settings: VLMSettings) -> None:
+        super().__init__(settings)
+        self.calls: list[dict[str, Any]] = []
+
+    async def chat_json(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        record: dict[str, Any] = {**kwargs, "started": time.monotonic(), "ended": None}
+        self.calls.append(record)
+        try:
+            return await super().chat_json(**kwargs)
+        except Exception as exc:
+            record["error"] = exc
+            raise
+        finally:
+            record["ended"] = time.monotonic()
+
+    def calls_named(self, schema_name: str) -> list[dict[str, Any]]:
+        return [c for c in self.calls if c["schema_name"] == schema_name]
+
+
+def prompt_text(call: Mapping[str, Any]) -> str:
+    """The text parts of the (one) user message of a recorded call."""
+    content = call["messages"][0]["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(part["text"] for part in content if part["type"] == "text")
+
+
+def image_count(call: Mapping[str, Any]) -> int:
+    content = call["messages"][0]["content"]
+    if isinstance(content, str):
+        return 0
+    return sum(1 for part in content if part["type"] == "image_url")
+
+
 @asynccontextmanager
-async def sim_client(replicas: int = 2, **vlm: Any) -> AsyncIterator[tuple[Any, VLMClient]]:
+async def sim_client(
+    replicas: int = 2, **vlm: Any
+) -> AsyncIterator[tuple[Any, RecordingClient]]:
     """A simulated fleet on free ports and a started client pointed at it."""
     fleet = await start_fleet_async(replicas)
     try:
         settings = VLMSettings(urls=tuple(fleet.urls), model=SIM_MODEL, **vlm)
-        client = VLMClient(settings)
+        client = RecordingClient(settings)
         await client.start()
         try:
             yield fleet, client
@@ -144,8 +187,6 @@ def contract_findings(
     for row in rows:
         calls = None
         if row.tool_calls is not None:
-            import orjson
-
             calls = tuple(orjson.dumps(c).decode() for c in row.tool_calls)
         if row.column == "persistent":
             t = ctx.time_of(row.frame)

@@ -17,7 +17,7 @@ GOOD = '{"label": "cube", "count": 2}'
         (f"\ufeff{GOOD}", {"label": "cube", "count": 2}),
         (f"<think>I need {{braces}} here</think>\n{GOOD}", {"label": "cube", "count": 2}),
         (f"<THINK>\nmulti\nline\n</THINK>{GOOD}", {"label": "cube", "count": 2}),
-        (f"reasoning without an opening tag {{x}}</think>\n\n{GOOD}", {"label": "cube", "count": 2}),
+        (f"no opening tag {{x}}</think>\n\n{GOOD}", {"label": "cube", "count": 2}),
         (f"<think>a</think><think>b {{}}</think>{GOOD}", {"label": "cube", "count": 2}),
         (f"{GOOD}\n<think>an unclosed afterthought {{", {"label": "cube", "count": 2}),
         (f"```json\n{GOOD}\n```", {"label": "cube", "count": 2}),
@@ -53,7 +53,7 @@ def test_extracts_the_first_object(text: str, expected: dict[str, object]) -> No
         ("{'label': 'cube'}", "invalid JSON"),
         ('{"a": 1,}', "invalid JSON"),
         ('{"a": NaN}', "invalid JSON"),
-        ('{"a": 1] ', "no JSON object"),
+        ('{"a": 1] ', "mismatched"),
         ("```json\n```", "no JSON object"),
     ],
 )
@@ -71,7 +71,8 @@ def test_balanced_end_respects_strings_and_nesting() -> None:
     text = 'x {"a": "}", "b": [{"c": "\\"}"}]} tail'
     end = balanced_object_end(text, 2)
     assert end is not None and text[end:] == " tail"
-    assert balanced_object_end('{"a": [}', 0) is None
+    with pytest.raises(ValueError, match="mismatched"):
+        balanced_object_end('{"a": [}', 0)
     assert balanced_object_end('{"a": "unterminated}', 0) is None
 
 

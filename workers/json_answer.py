@@ -55,8 +55,8 @@ def balanced_object_end(text: str, start: int) -> int | None:
     """Index one past the ``}`` closing the object opened at ``text[start]``, or None.
 
     Tracks nesting of ``{}`` and ``[]`` outside JSON strings; a backslash escapes the next
-    character inside a string. Returns None when the text ends before the object closes or a
-    bracket closes the wrong kind of opener.
+    character inside a string. Returns None when the text ends before the object closes;
+    raises ValueError when a bracket closes the wrong kind of opener.
     """
     stack: list[str] = []
     in_string = False
@@ -77,7 +77,7 @@ def balanced_object_end(text: str, start: int) -> int | None:
             stack.append("}" if char == "{" else "]")
         elif char in "}]":
             if not stack or stack.pop() != char:
-                return None
+                raise ValueError(f"invalid JSON: mismatched {char!r} at offset {index - start}")
             if not stack:
                 return index + 1
     return None
@@ -90,7 +90,12 @@ def _first_object(text: str) -> tuple[dict[str, Any] | None, str]:
     position = text.find("{")
     while position != -1 and tried < _MAX_CANDIDATES:
         tried += 1
-        end = balanced_object_end(text, position)
+        try:
+            end = balanced_object_end(text, position)
+        except ValueError as exc:
+            reason = reason if reason.startswith("invalid JSON") else str(exc)
+            position = text.find("{", position + 1)
+            continue
         if end is None:
             if reason == "no JSON object in the answer":
                 reason = "JSON object is not closed (answer cut off?)"
