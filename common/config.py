@@ -107,7 +107,10 @@ class NarratorConfig(_Model):
     redis_url: SecretStr | None = None
     vlm: VLMSettings = VLMSettings()
     annotation: AnnotationSettings = AnnotationSettings()
-    workers: int = Field(default=2, ge=1)
+    workers: int = Field(default=2, ge=1, description="worker processes")
+    jobs_per_worker: int = Field(
+        default=4, ge=1, le=64, description="jobs one worker process runs at once"
+    )
     job_timeout_s: int = Field(default=1800, ge=10)
     job_retries: int = Field(default=3, ge=0)
     prompt_dir: Path | None = None
@@ -129,6 +132,7 @@ _ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "NARRATOR_MODEL": ("vlm", "model"),
     "NARRATOR_VLM_API_KEY": ("vlm", "api_key"),
     "NARRATOR_WORKERS": ("workers",),
+    "NARRATOR_JOBS_PER_WORKER": ("jobs_per_worker",),
     "NARRATOR_JOB_TIMEOUT_S": ("job_timeout_s",),
     "NARRATOR_PROMPT_DIR": ("prompt_dir",),
     "NARRATOR_STATE_DIR": ("state_dir",),

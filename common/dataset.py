@@ -159,7 +159,8 @@ def read_file_frames(meta: DatasetMeta, data_file: str) -> dict[int, EpisodeFram
     if episode_indices is None:
         raise DatasetError(path, "is not a data file of this dataset's episodes table")
     try:
-        table = pq.read_table(path, columns=list(FRAME_COLUMNS))
+        with pq.ParquetFile(path) as parquet:
+            table = parquet.read(columns=list(FRAME_COLUMNS))
     except (pa.ArrowException, OSError) as exc:
         raise DatasetError(path, f"cannot be read as parquet ({exc}); {_RESTORE}") from exc
     episodes = [meta.episodes[i] for i in episode_indices]
@@ -214,7 +215,8 @@ def _require_valid(table: pa.Table, path: Path) -> None:
             column.validate(full=True)
         except pa.ArrowInvalid as exc:
             raise DatasetError(
-                path, f"column {name!r} holds text that is not valid UTF-8 ({exc}); re-save it"
+                path,
+                f"column {name!r} holds text that is not valid UTF-8 ({exc}); re-save it as UTF-8",
             ) from None
 
 
@@ -350,6 +352,7 @@ def _check_no_orphan_data_files(root: Path, files: Mapping[str, list[Episode]]) 
 
 def _read_column(path: Path, name: str) -> pa.ChunkedArray:
     try:
-        return pq.read_table(path, columns=[name]).column(name)
+        with pq.ParquetFile(path) as parquet:
+            return parquet.read(columns=[name]).column(name)
     except (pa.ArrowException, OSError) as exc:
         raise DatasetError(path, f"cannot be read as parquet ({exc}); {_RESTORE}") from exc

@@ -257,7 +257,7 @@ def episode_frames(
         raise DatasetError(
             path,
             f"timestamps of episode {ep.index} are not strictly increasing at frame {k} "
-            f"({float(timestamp[max(k - 1, 0)])} then {float(timestamp[k])}); fix the "
+            f"({float(timestamp[max(k - 1, 0)]):.6g} then {float(timestamp[k]):.6g}); fix the "
             "timestamp column (seconds from the episode start, increasing frame by frame)",
         )
     task_index = np.asarray(table.column("task_index").to_numpy(), dtype=np.int64)

@@ -37,6 +37,11 @@ def redact_processor(
     return event_dict
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # Looked up per call (loggers are not cached), so a replaced sys.stderr is honoured.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str = "info", fmt: str | None = None) -> None:
     """Configure structlog (and the stdlib root logger it renders through) once per process."""
     fmt = (
@@ -62,7 +67,7 @@ def configure_logging(level: str = "info", fmt: str | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")

@@ -7,17 +7,20 @@ path so roles do not import each other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from rq import Queue, Retry
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from common import keys
 from common.errors import PermanentError
 
 MODULE_JOB = "workers.jobs.run_module"
+ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 FINALIZE_JOB = "writer.finalize.finalize_file"
 FINALIZE_TIMEOUT_S = 3600
 
@@ -28,6 +31,41 @@ def module_queue(conn: redis.Redis) -> Queue:
 
 def writer_queue(conn: redis.Redis) -> Queue:
     return Queue(keys.WRITER_QUEUE, connection=conn, serializer=JSONSerializer)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """rq settings of module jobs (stored in the run record so workers enqueue alike)."""
+
+    job_timeout_s: int = 1800
+    job_retries: int = 3
+    retry_intervals_s: tuple[int, ...] = (5, 30, 120)
+
+
+def module_job_data(
+    run_id: str, module: str, episode: int, module_hash: str, options: JobOptions
+) -> Any:
+    """rq's enqueue data of one (episode, module) job, with its deterministic id."""
+    return Queue.prepare_data(
+        MODULE_JOB,
+        args=(run_id, module, episode, module_hash),
+        job_id=keys.job_id(run_id, module, episode, module_hash),
+        timeout=options.job_timeout_s,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"{module} episode {episode} (run {run_id})",
+        retry=Retry(max=options.job_retries, interval=list(options.retry_intervals_s))
+        if options.job_retries
+        else None,
+    )
+
+
+def enqueue_module_jobs(conn: redis.Redis, batch: Sequence[Any]) -> None:
+    queue = module_queue(conn)
+    for start in range(0, len(batch), 500):
+        with conn.pipeline() as pipe:
+            queue.enqueue_many(list(batch[start : start + 500]), pipeline=pipe)
+            pipe.execute()
 
 
 def enqueue_finalize_job(conn: redis.Redis, run_id: str, data_file: str, generation: str) -> Job:

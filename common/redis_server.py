@@ -85,6 +85,7 @@ class LocalRedis:
         return args + self.extra_args
 
     def start(self, timeout_s: float = 15.0) -> LocalRedis:
+        self.data_dir = Path(self.data_dir).resolve()  # redis-server chdirs into --dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()

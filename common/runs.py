@@ -91,6 +91,8 @@ class RunRecord:
     total_episodes: int
     total_jobs: int
     created_at: float
+    job_timeout_s: int = 1800
+    job_retries: int = 3
 
     def to_redis(self) -> dict[Any, Any]:
         return {
@@ -110,6 +112,8 @@ class RunRecord:
             "total_episodes": str(self.total_episodes),
             "total_jobs": str(self.total_jobs),
             "created_at": repr(self.created_at),
+            "job_timeout_s": str(self.job_timeout_s),
+            "job_retries": str(self.job_retries),
             "updated_at": repr(time.time()),
         }
 
@@ -134,6 +138,8 @@ class RunRecord:
             total_episodes=int(data["total_episodes"]),
             total_jobs=int(data["total_jobs"]),
             created_at=float(data["created_at"]),
+            job_timeout_s=int(data.get("job_timeout_s", 1800)),
+            job_retries=int(data.get("job_retries", 3)),
         )
 
 

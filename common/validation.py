@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -74,14 +74,7 @@ class Finding:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "severity": self.severity,
-            "rule": self.rule,
-            "episode": self.episode,
-            "timestamp": self.timestamp,
-            "camera": self.camera,
-            "message": self.message,
-        }
+        return asdict(self)
 
 
 # --- VQA answer shapes ---------------------------------------------------------------------
@@ -91,78 +84,67 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _numbers(n: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) for x in v)
+
+
 def _is_str(value: object) -> bool:
     return isinstance(value, str)
 
 
-def _has_keys(obj: Mapping[str, Any], keys: set[str]) -> bool:
-    return set(obj) == keys
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_STRING = (_is_str, "a string")
+# field -> (check, what the value must be), per answer shape; the key sets are exact
+_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "detection": {
+        "label": _STRING,
+        "bbox_format": (lambda v: v == "xyxy", '"xyxy"'),
+        "bbox": (_numbers(4), "a list of 4 numbers"),
+    },
+    "keypoint": {
+        "label": _STRING,
+        "point_format": (lambda v: v == "xy", '"xy"'),
+        "point": (_numbers(2), "a list of 2 numbers"),
+    },
+    "count": {"label": _STRING, "count": (_is_count, "a non-negative integer")},
+    "attribute": {"label": _STRING, "attribute": _STRING, "value": _STRING},
+    "spatial": {
+        "subject": _STRING,
+        "relation": (lambda v: v in VQA_RELATIONS, f"one of {sorted(VQA_RELATIONS)}"),
+        "object": _STRING,
+    },
+}
+
+
+def _fields_problem(obj: object, shape: str, where: str = "") -> str | None:
+    fields = _FIELDS[shape]
+    if not isinstance(obj, dict) or set(obj) != set(fields):
+        return f"{where}expected exactly the keys {sorted(fields)}"
+    for key, (ok, what) in fields.items():
+        if not ok(obj[key]):
+            return f"{where}{key} must be {what}"
+    return None
 
 
 def _bbox_problem(obj: Mapping[str, Any]) -> str | None:
-    if not _has_keys(obj, {"detections"}) or not isinstance(obj["detections"], list):
+    if set(obj) != {"detections"} or not isinstance(obj["detections"], list):
         return 'expected {"detections": [...]}'
     for i, det in enumerate(obj["detections"]):
-        if not isinstance(det, dict) or not _has_keys(det, {"label", "bbox_format", "bbox"}):
-            return f'detection {i} must have exactly "label", "bbox_format", "bbox"'
-        if not _is_str(det["label"]):
-            return f"detection {i}: label must be a string"
-        if det["bbox_format"] != "xyxy":
-            return f'detection {i}: bbox_format must be "xyxy"'
-        box = det["bbox"]
-        if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
-            return f"detection {i}: bbox must be a list of 4 numbers"
-    return None
-
-
-def _keypoint_problem(obj: Mapping[str, Any]) -> str | None:
-    if not _has_keys(obj, {"label", "point_format", "point"}):
-        return 'expected exactly "label", "point_format", "point"'
-    if not _is_str(obj["label"]):
-        return "label must be a string"
-    if obj["point_format"] != "xy":
-        return 'point_format must be "xy"'
-    point = obj["point"]
-    if not isinstance(point, list) or len(point) != 2 or not all(_is_number(v) for v in point):
-        return "point must be a list of 2 numbers"
-    return None
-
-
-def _count_problem(obj: Mapping[str, Any]) -> str | None:
-    if not _has_keys(obj, {"label", "count"}):
-        return 'expected exactly "label", "count"'
-    if not _is_str(obj["label"]):
-        return "label must be a string"
-    count = obj["count"]
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        return "count must be a non-negative integer"
-    return None
-
-
-def _attribute_problem(obj: Mapping[str, Any]) -> str | None:
-    if not _has_keys(obj, {"label", "attribute", "value"}):
-        return 'expected exactly "label", "attribute", "value"'
-    if not all(_is_str(obj[k]) for k in ("label", "attribute", "value")):
-        return "label, attribute and value must be strings"
-    return None
-
-
-def _spatial_problem(obj: Mapping[str, Any]) -> str | None:
-    if not _has_keys(obj, {"subject", "relation", "object"}):
-        return 'expected exactly "subject", "relation", "object"'
-    if not _is_str(obj["subject"]) or not _is_str(obj["object"]):
-        return "subject and object must be strings"
-    if obj["relation"] not in VQA_RELATIONS:
-        return f"relation must be one of {sorted(VQA_RELATIONS)}"
+        problem = _fields_problem(det, "detection", f"detection {i}: ")
+        if problem is not None:
+            return problem
     return None
 
 
 VQA_SHAPE_CHECKS: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
     "bbox": _bbox_problem,
-    "keypoint": _keypoint_problem,
-    "count": _count_problem,
-    "attribute": _attribute_problem,
-    "spatial": _spatial_problem,
+    "keypoint": lambda obj: _fields_problem(obj, "keypoint"),
+    "count": lambda obj: _fields_problem(obj, "count"),
+    "attribute": lambda obj: _fields_problem(obj, "attribute"),
+    "spatial": lambda obj: _fields_problem(obj, "spatial"),
 }
 
 
@@ -216,24 +198,66 @@ class _Collector:
         self.episode = episode
         self.findings: list[Finding] = []
 
-    def add(self, rule: str, message: str, *, t: float | None, camera: str | None) -> None:
-        self.findings.append(
-            Finding(
-                severity=RULES[rule],
-                rule=rule,
-                episode=self.episode,
-                timestamp=t,
-                camera=camera,
-                message=message,
-            )
-        )
+    def add(
+        self, rule: str, message: str, t: float | None = None, camera: str | None = None
+    ) -> None:
+        self.findings.append(Finding(RULES[rule], rule, self.episode, t, camera, message))
 
 
 def _describe(row: LanguageRow) -> str:
-    parts = [f"role={row.role!r}", f"style={row.style!r}"]
-    if row.camera is not None:
-        parts.append(f"camera={row.camera!r}")
-    return "row(" + ", ".join(parts) + ")"
+    camera = f", camera={row.camera!r}" if row.camera is not None else ""
+    return f"row(role={row.role!r}, style={row.style!r}{camera})"
+
+
+def row_problems(
+    row: LanguageRow, *, in_persistent: bool, cameras: Collection[str]
+) -> list[tuple[str, str]]:
+    """(rule, message) for the rules that look at one row alone: style, column, role,
+    camera, content, speech atom."""
+    found: list[tuple[str, str]] = []
+    what = _describe(row)
+    where = "language_persistent" if in_persistent else "language_events"
+    known = row.style is None or row.style in PERSISTENT_STYLES or row.style in EVENT_STYLES
+    if not known:
+        found.append(
+            (
+                "unknown_style",
+                f"{what} in {where}: unknown style {row.style!r}; persistent styles are "
+                f"{sorted(PERSISTENT_STYLES)}, event styles {sorted(EVENT_STYLES)} or null",
+            )
+        )
+    elif in_persistent != (row.style in PERSISTENT_STYLES):
+        right = "language_persistent" if row.style in PERSISTENT_STYLES else "language_events"
+        found.append(("wrong_column", f"{what} is in {where}; style {row.style!r} is for {right}"))
+    if row.role not in ROLES:
+        found.append(("unknown_role", f"{what}: role must be one of {sorted(ROLES)}"))
+    if row.style in CAMERA_STYLES and (row.camera is None or row.camera not in cameras):
+        found.append(
+            (
+                "camera_rule",
+                f"{what}: style {row.style!r} needs a camera of this dataset "
+                f"({sorted(cameras) or 'none'})",
+            )
+        )
+    elif row.style not in CAMERA_STYLES and row.camera is not None:
+        found.append(("camera_rule", f"{what}: camera must be null for style {row.style!r}"))
+    if (row.content is None or not row.content.strip()) and not row.tool_calls:
+        found.append(("missing_content", f"{what} has neither content nor tool_calls"))
+    if row.style is None and known:
+        text = speech_text_or_none(row)
+        if text is None:
+            found.append(
+                (
+                    "speech_atom",
+                    "a style-null row must be a speech atom: role 'assistant', content null, "
+                    'tool_calls=[{"type":"function","function":{"name":"say","arguments":'
+                    '{"text":...}}}] exactly; got '
+                    f"role={row.role!r}, content={row.content!r}, tool_calls={row.tool_calls!r}",
+                )
+            )
+        elif not text.strip():
+            found.append(("speech_atom", "speech atom with an empty utterance"))
+    return found
 
 
 def _check_row(
@@ -244,77 +268,8 @@ def _check_row(
     t: float | None,
     cameras: Collection[str],
 ) -> None:
-    """Rules that look at one row alone: style, column, role, camera, content, speech."""
-    where = "language_persistent" if in_persistent else "language_events"
-    known = row.style is None or row.style in PERSISTENT_STYLES or row.style in EVENT_STYLES
-    if not known:
-        out.add(
-            "unknown_style",
-            f"{_describe(row)} in {where}: unknown style {row.style!r}; persistent styles are "
-            f"{sorted(PERSISTENT_STYLES)}, event styles {sorted(EVENT_STYLES)} or null (speech)",
-            t=t,
-            camera=row.camera,
-        )
-    elif in_persistent != (row.style in PERSISTENT_STYLES):
-        right = "language_persistent" if row.style in PERSISTENT_STYLES else "language_events"
-        out.add(
-            "wrong_column",
-            f"{_describe(row)} is in {where} but style {row.style!r} belongs in {right}",
-            t=t,
-            camera=row.camera,
-        )
-    if row.role not in ROLES:
-        out.add(
-            "unknown_role",
-            f"{_describe(row)}: role must be one of {sorted(ROLES)}",
-            t=t,
-            camera=row.camera,
-        )
-    if row.style in CAMERA_STYLES:
-        if row.camera is None or row.camera not in cameras:
-            out.add(
-                "camera_rule",
-                f"{_describe(row)}: style {row.style!r} needs a camera of this dataset "
-                f"({sorted(cameras) or 'none'})",
-                t=t,
-                camera=row.camera,
-            )
-    elif row.camera is not None:
-        out.add(
-            "camera_rule",
-            f"{_describe(row)}: camera must be null for style {row.style!r}",
-            t=t,
-            camera=row.camera,
-        )
-    has_content = row.content is not None and row.content.strip() != ""
-    if not has_content and not row.tool_calls:
-        out.add(
-            "missing_content",
-            f"{_describe(row)} has neither content nor tool_calls",
-            t=t,
-            camera=row.camera,
-        )
-    if row.style is None and known:
-        _check_speech_atom(out, row, t=t)
-
-
-def _check_speech_atom(out: _Collector, row: LanguageRow, *, t: float | None) -> None:
-    try:
-        text = speech_text(row)
-    except (orjson.JSONDecodeError, AttributeError) as exc:
-        out.add("speech_atom", f"speech atom with unreadable tool call: {exc}", t=t, camera=None)
-        return
-    if text is None:
-        out.add(
-            "speech_atom",
-            "a style-null row must be a speech atom: role 'assistant', content null and exactly "
-            'tool_calls=[{"type":"function","function":{"name":"say","arguments":{"text":...}}}]'
-            f"; got role={row.role!r}, content={row.content!r}, tool_calls={row.tool_calls!r}",
-            t=t,
-            camera=row.camera,
-        )
-    elif not text.strip():
-        out.add("speech_atom", "speech atom with an empty utterance", t=t, camera=None)
+    for rule, message in row_problems(row, in_persistent=in_persistent, cameras=cameras):
+        out.add(rule, message, t, row.camera)
 
 
 def _check_persistent(
@@ -328,31 +283,17 @@ def _check_persistent(
         t = row.timestamp
         _check_row(out, row, in_persistent=True, t=t, cameras=cameras)
         if t is None or _f32(t) not in frame_ts:
-            out.add(
-                "persistent_off_frame",
-                f"{_describe(row)}: timestamp {t!r} is not a frame timestamp of the episode",
-                t=t,
-                camera=row.camera,
-            )
+            message = f"{_describe(row)}: timestamp {t!r} is not a frame timestamp"
+            out.add("persistent_off_frame", message, t, row.camera)
             continue
         if row.style != "task_aug":
             seen[(_f32(t), row.style)] += 1
     for (t, style), n in seen.items():
         if n > 1 and style in PERSISTENT_STYLES:
-            out.add(
-                "persistent_duplicate",
-                f"{n} persistent rows of style {style!r} at timestamp {t}",
-                t=t,
-                camera=None,
-            )
+            out.add("persistent_duplicate", f"{n} rows of style {style!r} at timestamp {t}", t)
     keys = [persistent_sort_key(r) for r in persistent]
     if keys != sorted(keys):
-        out.add(
-            "row_order",
-            "language_persistent is not sorted by (timestamp, style, role)",
-            t=None,
-            camera=None,
-        )
+        out.add("row_order", "language_persistent is not sorted by (timestamp, style, role)")
 
 
 def _check_events(
@@ -372,13 +313,7 @@ def _check_events(
         if not rows:
             continue
         if not 0 <= frame < n_frames:
-            out.add(
-                "event_off_frame",
-                f"{len(rows)} event row(s) on frame {frame}, outside the episode's "
-                f"{n_frames} frames",
-                t=None,
-                camera=None,
-            )
+            out.add("event_off_frame", f"event rows on frame {frame}, outside 0..{n_frames - 1}")
             continue
         t = _f32(frame_timestamps[frame])
         for row in rows:
@@ -402,12 +337,8 @@ def _check_frame_events(
         if t not in plan_times:
             missing.append("a plan row in language_persistent at the same timestamp")
         if missing:
-            out.add(
-                "interjection_incomplete",
-                f"interjection on frame {frame} lacks " + " and ".join(missing),
-                t=t,
-                camera=None,
-            )
+            message = f"interjection on frame {frame} lacks " + " and ".join(missing)
+            out.add("interjection_incomplete", message, t)
     vqa_roles: Counter[tuple[str | None, str]] = Counter()
     for row in rows:
         if row.style != "vqa":
@@ -419,25 +350,14 @@ def _check_frame_events(
                 qtype = vqa_types.get((frame, row.camera))
             problem = vqa_answer_problem(row.content, qtype)
             if problem is not None:
-                out.add(
-                    "vqa_shape", f"vqa answer on frame {frame}: {problem}", t=t, camera=row.camera
-                )
+                out.add("vqa_shape", f"vqa answer on frame {frame}: {problem}", t, row.camera)
     for (camera, role), n in vqa_roles.items():
         if n > 1:
-            out.add(
-                "vqa_duplicate",
-                f"{n} vqa rows of role {role!r} on frame {frame}, camera {camera!r}",
-                t=t,
-                camera=camera,
-            )
+            message = f"{n} vqa rows of role {role!r} on frame {frame}, camera {camera!r}"
+            out.add("vqa_duplicate", message, t, camera)
     keys = [event_sort_key(r) for r in rows]
     if keys != sorted(keys):
-        out.add(
-            "row_order",
-            f"events of frame {frame} are not sorted by (style, role, camera)",
-            t=t,
-            camera=None,
-        )
+        out.add("row_order", f"events of frame {frame} not sorted by (style, role, camera)", t)
 
 
 def speech_text_or_none(row: LanguageRow) -> str | None:
@@ -455,24 +375,15 @@ def _check_quality(
         {_f32(r.timestamp) for r in persistent if r.style == "subtask" and r.timestamp is not None}
     )
     if subtask_times and frame_timestamps and subtask_times[0] != _f32(frame_timestamps[0]):
-        out.add(
-            "subtasks_not_covering",
-            f"the first subtask starts at {subtask_times[0]}, not at the first frame "
-            f"({_f32(frame_timestamps[0])})",
-            t=subtask_times[0],
-            camera=None,
-        )
+        first = subtask_times[0]
+        message = f"the first subtask starts at {first}, not at the first frame"
+        out.add("subtasks_not_covering", f"{message} ({_f32(frame_timestamps[0])})", first)
     boundaries = set(subtask_times)
     for row in persistent:
         if row.style == "memory" and row.timestamp is not None:
             t = _f32(row.timestamp)
             if t not in boundaries:
-                out.add(
-                    "memory_off_boundary",
-                    f"memory at {t} is not on a subtask boundary",
-                    t=t,
-                    camera=None,
-                )
+                out.add("memory_off_boundary", f"memory at {t} is not on a subtask boundary", t)
 
 
 def validate_episode(

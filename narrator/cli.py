@@ -43,8 +43,9 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from common.prompts import load_prompts
+    from common.queueing import JobOptions
     from narrator.local_run import resolve_model
-    from producer.enqueue import JobOptions, enqueue_run
+    from producer.enqueue import enqueue_run
 
     config = config_from_args(args)
     url = config.redis_url_value()
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_flags(p)
     add_annotation_flags(p)
     p.add_argument("--workers", type=int, help="worker processes (default 2)")
+    p.add_argument("--jobs-per-worker", type=int, help="concurrent jobs per process (4)")
     p.add_argument("--serve", help="start vLLM replicas: 'vllm serve MODEL [ARGS]'")
     p.add_argument("--replicas", type=int, default=1, help="replicas for --serve (one per GPU)")
     p.add_argument("--serve-port", type=int, default=8000, help="first port for --serve")
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run rq worker processes for the module queue")
     add_connection_flags(p)
     p.add_argument("--workers", type=int, help="worker processes in this pool")
+    p.add_argument("--jobs-per-worker", type=int, help="concurrent jobs per process")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(func=_cmd_worker)

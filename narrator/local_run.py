@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +34,11 @@ from common.dataset import load_dataset_meta
 from common.errors import ConfigError, VLMUnavailableError
 from common.logging import get_logger
 from common.prompts import load_prompts
+from common.queueing import JobOptions
 from common.redis_server import LocalRedis
 from common.runs import default_state_dir
 from common.status import RunStatus, format_status, read_status
-from producer.enqueue import JobOptions, enqueue_run
+from producer.enqueue import enqueue_run
 from workers.vlm_client import VLMClient
 
 log = get_logger(__name__)
@@ -116,10 +117,8 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
     except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
 
@@ -165,7 +164,12 @@ def annotate(
         logs = state_dir / "logs"
         writer = _spawn(["writer"], env, logs / "writer.log")
         stack.callback(_stop, writer)
-        workers = _spawn(["worker", "--workers", str(config.workers)], env, logs / "worker.log")
+        workers = _spawn(
+            ["worker", "--workers", str(config.workers), "--jobs-per-worker",
+             str(config.jobs_per_worker)],
+            env,
+            logs / "worker.log",
+        )  # fmt: skip
         stack.callback(_stop, workers)
         return _watch(conn, summary.run_id, [writer, workers], progress=progress, poll_s=poll_s)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -52,7 +52,7 @@ def add_annotation_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jpeg-quality", type=int)
     g.add_argument(
         "--chat-template-kwargs",
-        help='JSON object passed to the chat template, e.g. \'{"enable_thinking": false}\'',
+        help="JSON object passed to the chat template, e.g. '{\"enable_thinking\": false}'",
     )
     g.add_argument("--job-timeout-s", type=int)
     g.add_argument("--state-dir", type=Path, help="embedded Redis and staged shards")
@@ -70,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> NarratorConfig:
     cli = {
         "redis_url": a.get("redis_url"),
         "workers": a.get("workers"),
+        "jobs_per_worker": a.get("jobs_per_worker"),
         "job_timeout_s": a.get("job_timeout_s"),
         "prompt_dir": a.get("prompt_dir"),
         "state_dir": a.get("state_dir"),

@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,6 @@ EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 EPISODES_PER_META_FILE = 1000
 ROW_GROUP_SIZE = 32  # small on purpose: row groups straddle episodes
 _STATE_DIM = 6
-
-
-# --- layout ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -92,6 +90,16 @@ def _plan_episodes(
         )
         frames_so_far += length
     return plans
+
+
+def _group(
+    plans: list[_EpisodePlan], key: Callable[[_EpisodePlan], int]
+) -> dict[int, list[_EpisodePlan]]:
+    """Episodes by file number, files in order, episodes in order."""
+    groups: dict[int, list[_EpisodePlan]] = {}
+    for plan in plans:
+        groups.setdefault(key(plan), []).append(plan)
+    return groups
 
 
 def _feature(dtype: str, shape: list[int], names: Any = None) -> dict[str, Any]:
@@ -162,19 +170,23 @@ def _data_table(plans: list[_EpisodePlan], fps: int, legacy: bool) -> pa.Table:
     index = np.arange(start, start + len(frame_index), dtype=np.int64)
     phase = np.arange(_STATE_DIM, dtype=np.float64) + episode_index[:, None] * 0.37
     state = np.sin(frame_index[:, None] / fps + phase)
+    vector = pa.list_(pa.float32(), _STATE_DIM)
     columns: dict[str, tuple[pa.DataType, pa.Array]] = {
-        "action": (pa.list_(pa.float32(), _STATE_DIM), _fixed_list(state + 0.05)),
-        "observation.state": (pa.list_(pa.float32(), _STATE_DIM), _fixed_list(state)),
-        "timestamp": (pa.float32(), pa.array((frame_index / fps).astype(np.float32))),
-        "frame_index": (pa.int64(), pa.array(frame_index)),
-        "episode_index": (pa.int64(), pa.array(episode_index)),
-        "index": (pa.int64(), pa.array(index)),
-        "task_index": (pa.int64(), pa.array(task_index)),
+        "action": (vector, _fixed_list(state + 0.05)),
+        "observation.state": (vector, _fixed_list(state)),
+        "timestamp": (
+            pa.float32(),
+            pa.array((frame_index / fps).astype(np.float32), type=pa.float32()),
+        ),
+        "frame_index": (pa.int64(), pa.array(frame_index, type=pa.int64())),
+        "episode_index": (pa.int64(), pa.array(episode_index, type=pa.int64())),
+        "index": (pa.int64(), pa.array(index, type=pa.int64())),
+        "task_index": (pa.int64(), pa.array(task_index, type=pa.int64())),
     }
     if legacy:
         lengths = np.concatenate([np.full(p.length, p.length) for p in plans])
         subtask = np.minimum(frame_index * 3 // lengths, 2) + task_index % 3
-        columns["subtask_index"] = (pa.int64(), pa.array(subtask.astype(np.int64)))
+        columns["subtask_index"] = (pa.int64(), pa.array(subtask, type=pa.int64()))
     schema = pa.schema([pa.field(name, t) for name, (t, _) in columns.items()])
     return pa.Table.from_arrays([a for _, a in columns.values()], schema=schema)
 
@@ -277,8 +289,7 @@ def _write_videos(
     height: int,
     codec: str,
 ) -> None:
-    for number in sorted({p.video_number for p in plans}):
-        members = [p for p in plans if p.video_number == number]
+    for number, members in _group(plans, lambda p: p.video_number).items():
         chunk, file = _chunk_file(number, chunks_size)
         for camera, key in enumerate(camera_keys):
             frames = (
@@ -372,8 +383,7 @@ def make_sample_dataset(
             plans[first : first + EPISODES_PER_META_FILE], keys, fps, chunks_size, meta_file
         )
         _write_parquet(table, root / EPISODES_PATH.format(chunk_index=chunk, file_index=file))
-    for number in sorted({p.data_number for p in plans}):
-        members = [p for p in plans if p.data_number == number]
+    for number, members in _group(plans, lambda p: p.data_number).items():
         chunk, file = _chunk_file(number, chunks_size)
         table = _data_table(members, fps, with_legacy_subtask_index)
         _write_parquet(table, root / DATA_PATH.format(chunk_index=chunk, file_index=file))

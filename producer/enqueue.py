@@ -5,8 +5,8 @@ recomputed, jobs already queued or running are left alone, failed ones and ones 
 dead worker are enqueued again. Files whose every job is done get their finalize job at once.
 
 Invariants:
-* One job per (episode, module); ``interjections`` depends on the same episode's ``plan``
-  job (a single rq parent), never on thousands of parents.
+* One job per (episode, module). ``interjections`` needs its episode's plan: when the plan
+  is not staged yet, the plan job enqueues it on success (no rq dependencies at all).
 * Each data file has a pending set of ``module:episode`` members; the finalize job of a file
   is enqueued by whoever empties it (workers) or by the producer when it is empty already.
 * Jobs name a run id only; paths come from the run record.
@@ -20,17 +20,22 @@ from pathlib import Path
 
 import orjson
 import redis
-from common.dataset import DatasetMeta, load_dataset_meta
-from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from common import keys
 from common.config import AnnotationSettings
+from common.dataset import DatasetMeta, load_dataset_meta
 from common.logging import get_logger
 from common.prompts import PromptSet
-from common.queueing import MODULE_JOB, enqueue_finalize_job, module_queue
+from common.queueing import (
+    ACTIVE_STATES,
+    JobOptions,
+    enqueue_finalize_job,
+    enqueue_module_jobs,
+    module_job_data,
+)
 from common.runs import (
     RunRecord,
     compute_module_hashes,
@@ -41,8 +46,6 @@ from common.runs import (
 )
 
 log = get_logger(__name__)
-
-ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
 @dataclass
@@ -57,13 +60,6 @@ class EnqueueSummary:
     complete: bool = False
     files: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    job_timeout_s: int = 1800
-    job_retries: int = 3
-    retry_intervals_s: tuple[int, ...] = (5, 30, 120)
 
 
 def enqueue_run(
@@ -106,6 +102,8 @@ def enqueue_run(
         total_files=len(meta.files),
         total_episodes=len(meta.episodes),
         total_jobs=total_jobs,
+        job_timeout_s=options.job_timeout_s,
+        job_retries=options.job_retries,
         created_at=float(existing) if existing else time.time(),
     )
     pipe = conn.pipeline(transaction=True)
@@ -132,9 +130,8 @@ def enqueue_run(
             pipe.sadd(keys.pending(run_id, data_file), *members)
     pipe.execute()
 
-    queue = module_queue(conn)
     todo = [(m, e) for e in sorted(meta.episodes) for m in modules if (m, e) not in done]
-    enqueued, active = _enqueue_module_jobs(conn, queue, run_id, todo, module_hashes, options)
+    enqueued, active = _enqueue_module_jobs(conn, run_id, todo, done, module_hashes, options)
     summary.enqueued, summary.already_active = enqueued, active
 
     for data_file in meta.files:
@@ -169,19 +166,23 @@ def _live_worker_names(conn: redis.Redis) -> set[str]:
 
 def _enqueue_module_jobs(
     conn: redis.Redis,
-    queue: Queue,
     run_id: str,
     todo: list[tuple[str, int]],
+    done: set[tuple[str, int]],
     module_hashes: dict[str, str],
     options: JobOptions,
 ) -> tuple[int, int]:
+    """Enqueue what is to do; an ``interjections`` job whose episode's plan is not done yet
+    is left to that plan job, which enqueues it when it finishes (no rq dependencies)."""
+    todo = [(m, e) for m, e in todo if m != "interjections" or ("plan", e) in done] + [
+        (m, e) for m, e in todo if m == "interjections" and ("plan", e) not in done
+    ]
     ids = [keys.job_id(run_id, m, e, module_hashes[m]) for m, e in todo]
     existing = Job.fetch_many(ids, connection=conn, serializer=JSONSerializer) if ids else []
     live_workers = _live_worker_names(conn) if ids else set()
-    planned_ids = set(ids)
     active = 0
     batch = []
-    for (module, episode), job_id, job in zip(todo, ids, existing, strict=True):
+    for (module, episode), job in zip(todo, existing, strict=True):
         if job is not None:
             status = job.get_status(refresh=False)
             orphan = status == JobStatus.STARTED and job.worker_name not in live_workers
@@ -189,41 +190,11 @@ def _enqueue_module_jobs(
                 active += 1
                 continue
             job.delete(remove_from_queue=True)
-        depends_on = None
-        if module == "interjections":
-            parent = keys.job_id(run_id, "plan", episode, module_hashes["plan"])
-            if parent in planned_ids or _job_active(conn, parent):
-                depends_on = parent
-        batch.append(
-            Queue.prepare_data(
-                MODULE_JOB,
-                args=(run_id, module, episode, module_hashes[module]),
-                job_id=job_id,
-                timeout=options.job_timeout_s,
-                result_ttl=3600,
-                failure_ttl=7 * 24 * 3600,
-                description=f"{module} episode {episode} (run {run_id})",
-                depends_on=depends_on,
-                retry=Retry(max=options.job_retries, interval=list(options.retry_intervals_s))
-                if options.job_retries
-                else None,
-            )
-        )
-    # Plan jobs first, so dependents find their parent already saved.
-    batch.sort(key=lambda d: 0 if d.args[1] == "plan" else 1)
-    for start in range(0, len(batch), 500):
-        with conn.pipeline() as pipe:
-            queue.enqueue_many(batch[start : start + 500], pipeline=pipe)
-            pipe.execute()
+        if module == "interjections" and ("plan", episode) not in done:
+            continue  # the plan job enqueues it
+        batch.append(module_job_data(run_id, module, episode, module_hashes[module], options))
+    enqueue_module_jobs(conn, batch)
     return len(batch), active
-
-
-def _job_active(conn: redis.Redis, job_id: str) -> bool:
-    try:
-        job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
-    except Exception:  # rq raises NoSuchJobError (and deserialisation errors)
-        return False
-    return job.get_status(refresh=False) in ACTIVE_STATES
 
 
 def enqueue_finalize(conn: redis.Redis, run_id: str, data_file: str, generation: str) -> bool:

@@ -283,7 +283,20 @@ def _drop_info_features(root: Path) -> None:
     info_path.write_text(json.dumps(info, indent=4), encoding="utf-8")
 
 
+def _vary_persistent(persistent: list[Rows], events: list[Rows]) -> None:
+    persistent[1] = persistent[1][1:]  # the second frame lost a row the first frame has
+
+
+def _declare_legacy(root: Path) -> None:
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["features"][LEGACY_SUBTASK_COLUMN] = {"dtype": "int64", "shape": [1], "names": None}
+    info_path.write_text(json.dumps(info, indent=4), encoding="utf-8")
+
+
 BREAKAGES: dict[str, Callable[[Path], None]] = {
+    "persistent_not_constant": lambda root: _edit_events(root, _vary_persistent),
+    "legacy_subtask_index": _declare_legacy,
     "column_type": _break_column_type,
     "event_off_frame": lambda root: _edit_events(root, _move_interjection),
     "speech_atom": lambda root: _edit_events(root, _bad_speech),

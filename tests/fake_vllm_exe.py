@@ -64,7 +64,7 @@ def main() -> int:
     print(f"INFO fake vllm starting on port {args.port}", flush=True)
     if args.die_with is not None and args.die_port in (None, args.port):
         print("ERROR fake vllm: CUDA out of memory while loading weights", flush=True)
-        return args.die_with
+        return int(args.die_with)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(args.sleep_before_serve)

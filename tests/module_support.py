@@ -157,9 +157,7 @@ def image_count(call: Mapping[str, Any]) -> int:
 
 
 @asynccontextmanager
-async def sim_client(
-    replicas: int = 2, **vlm: Any
-) -> AsyncIterator[tuple[Any, RecordingClient]]:
+async def sim_client(replicas: int = 2, **vlm: Any) -> AsyncIterator[tuple[Any, RecordingClient]]:
     """A simulated fleet on free ports and a started client pointed at it."""
     fleet = await start_fleet_async(replicas)
     try:

@@ -116,9 +116,13 @@ def test_each_vllm_replica_reserves_its_own_gpu_and_is_health_checked(
     assert len(devices_seen) == len(set(devices_seen)), "two replicas on one GPU"
 
 
-def test_workers_know_every_vllm_replica(services: dict[str, Any]) -> None:
-    urls = service_environment(services["worker"])["NARRATOR_VLM_URLS"].split(",")
+def test_workers_know_every_vllm_replica_and_its_model(services: dict[str, Any]) -> None:
+    env = service_environment(services["worker"])
+    urls = env["NARRATOR_VLM_URLS"].split(",")
     assert sorted(urls) == sorted(f"http://{name}:8000" for name in vllm_services(services))
+    for svc in vllm_services(services).values():
+        command = service_command(svc)
+        assert command[command.index("--model") + 1] == env["NARRATOR_MODEL"]
 
 
 def test_worker_scales_and_reads_the_dataset_read_only(services: dict[str, Any]) -> None:

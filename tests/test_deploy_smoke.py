@@ -13,8 +13,10 @@ and the Prometheus endpoints the compose file's prometheus.yml scrapes serve nar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,7 +40,8 @@ from tests.deploy_support.compose import (
 
 DATASET = "sample"
 LANGUAGE_COLUMNS = ("language_persistent", "language_events")
-RUN_DEADLINE_S = 75.0
+RUN_DEADLINE_S = 60.0
+STOP_TIMEOUT_S = 20.0
 NARRATOR = Path(sys.executable).with_name("narrator")
 
 
@@ -51,9 +54,15 @@ class Processes:
 
     def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         log_path = self.logs_dir / f"{name}.log"
-        log_file = log_path.open("wb")
-        process = subprocess.Popen(argv, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT)
-        log_file.close()
+        with log_path.open("wb") as log_file:
+            # A session of its own: the role's children (rq pool, scheduler) share its group.
+            process = subprocess.Popen(
+                argv,
+                env=dict(env),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started[name] = (process, log_path)
         return process
 
@@ -68,16 +77,26 @@ class Processes:
             parts.append(f"--- {name} ---\n{text[-3000:]}")
         return "\n".join(parts)
 
+    def stop(self, name: str, timeout_s: float) -> int | None:
+        """SIGTERM the role's main process, as `docker stop` and the kubelet do (PID 1 only).
+
+        Returns its exit code, or None if it outlived the wait.
+        """
+        process, _ = self.started[name]
+        if process.poll() is None:
+            process.terminate()
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop_all(self) -> None:
-        for process, _ in self.started.values():
-            if process.poll() is None:
-                process.terminate()
-        for process, _ in self.started.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+        for name, (process, _) in self.started.items():
+            if self.stop(name, timeout_s=10) is None:
                 process.kill()
                 process.wait()
+            with contextlib.suppress(ProcessLookupError):  # children left in its group
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -93,11 +112,16 @@ def base_env() -> dict[str, str]:
     return {key: os.environ[key] for key in keep if key in os.environ}
 
 
-def start_simulated_vlm(processes: Processes, replicas: int) -> list[str]:
+def start_simulated_vlm(processes: Processes, replicas: int, model: str) -> list[str]:
     """Start ``python -m narrator.simvlm`` and return its replica URLs (one per line)."""
     argv = [sys.executable, "-m", "narrator.simvlm", "--replicas", str(replicas), "--port", "0"]
+    argv += ["--model", model]
     process = subprocess.Popen(
-        argv, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        argv,
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     processes.started["simvlm"] = (process, processes.logs_dir / "simvlm.log")
     stdout: IO[bytes] | None = process.stdout
@@ -171,8 +195,11 @@ def test_compose_roles_annotate_a_sample_dataset(
         "NARRATOR_DATASETS_DIR": str(datasets),
     }
     services = load_compose(dot_env)["services"]
-    vllm_count = sum(1 for name in services if name.startswith("vllm-"))
-    sim_urls = start_simulated_vlm(processes, vllm_count)
+    # The simulated VLM stands in for the vLLM services, serving the model they are told to.
+    vllm = [svc for name, svc in services.items() if name.startswith("vllm-")]
+    models = {(cmd := service_command(svc))[cmd.index("--model") + 1] for svc in vllm}
+    assert len(models) == 1, f"vLLM replicas serve different models: {models}"
+    sim_urls = start_simulated_vlm(processes, len(vllm), models.pop())
     vlm_urls = vlm_url_overrides(
         service_environment(services["worker"])["NARRATOR_VLM_URLS"], sim_urls
     )
@@ -213,3 +240,8 @@ def test_compose_roles_annotate_a_sample_dataset(
     assert metric_total(worker_metrics, "narrator_vlm_requests_total") >= 1, (
         "the worker's /metrics (what Prometheus scrapes) shows no VLM requests"
     )
+
+    # `docker compose stop` and a KEDA scale-down send SIGTERM: idle roles must exit promptly.
+    for role in ("worker", "writer"):
+        code = processes.stop(role, timeout_s=STOP_TIMEOUT_S)
+        assert code == 0, f"idle {role} did not exit cleanly on SIGTERM within {STOP_TIMEOUT_S} s"

@@ -216,13 +216,15 @@ def test_output_loads_with_datasets_and_lerobot_features(
         }
     )
     ds = datasets.load_dataset(
-        "parquet", data_files=files, features=features, split="train", cache_dir=str(root.parent / "hf")
+        "parquet",
+        data_files=files,
+        features=features,
+        split="train",
+        cache_dir=str(root.parent / "hf"),
     )
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     assert len(ds) == total
-    speech = [
-        e for item in ds[EVENTS_COLUMN] for e in item if e["style"] is None
-    ]
+    speech = [e for item in ds[EVENTS_COLUMN] for e in item if e["style"] is None]
     assert speech and speech[0]["tool_calls"][0]["function"]["name"] == "say"
 
 

@@ -1,8 +1,11 @@
-"""Tests of common.render: resolvers, substitution, skipping, blends and the shipped recipes
-over one hand-built episode."""
+"""Tests of common.render (resolvers, substitution, skipping, blends and the shipped recipes
+over one hand-built episode) and of ``narrator render`` over an annotated dataset."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,11 @@ import orjson
 import pytest
 
 from common.contract import SAY_TOOL, LanguageRow, sort_events, sort_persistent, speech_atom
-from common.recipes import Blend, Recipe, load_recipe, parse_binding
+from common.dataset import load_dataset_meta
+from common.recipes import Blend, Recipe, load_recipe, parse_binding, shipped_recipe_names
 from common.render import AmbiguousBindingError, blend_choice, render_sample, resolve
+from narrator.cmd_render import iter_samples
+from tests.annotated_fixture import make_annotated_dataset
 
 TOP, WRIST = "observation.images.top", "observation.images.wrist"
 TS = [float(v) for v in np.arange(50, dtype=np.float32) / np.float32(10)]
@@ -257,3 +263,94 @@ def test_single_recipe_ignores_sample_index() -> None:
     a = render("low_level_subtask", 12, index=0)
     b = render("low_level_subtask", 12, index=999)
     assert a == b
+
+
+# --- narrator render over a real annotated dataset -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_annotated_dataset(tmp_path_factory.mktemp("render") / "ds", episodes=3)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def narrator(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "narrator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "NARRATOR_LOG_LEVEL": "warning"},
+        cwd=REPO_ROOT,
+    )
+
+
+def test_every_shipped_recipe_renders_the_dataset(annotated: Path) -> None:
+    meta = load_dataset_meta(annotated)
+    for name in shipped_recipe_names():
+        samples = list(iter_samples(meta, load_recipe(name), sorted(meta.episodes)))
+        assert samples, name
+        for sample in samples:
+            assert len(sample["messages"]) == len(sample["streams"]) == len(sample["targets"])
+            assert any(sample["targets"])
+            orjson.dumps(sample)
+        by_recipe = Counter(s["recipe"] for s in samples)
+        if name == "blend":
+            assert len(by_recipe) >= 3
+        else:
+            assert set(by_recipe) == {name}
+    vqa = list(iter_samples(meta, load_recipe("vqa"), [0]))
+    assert {s["camera"] for s in vqa} == {c.key for c in meta.cameras}
+    interjections = list(iter_samples(meta, load_recipe("interjection_response"), [0, 1, 2]))
+    assert len(interjections) == 3
+    assert all(s["tools"] == [SAY_TOOL] for s in interjections)
+
+
+def test_cli_render_jsonl_and_pretty(annotated: Path) -> None:
+    done = narrator(
+        "render", str(annotated), "--recipe", "vqa", "--episode", "1", "--frames", "5,15"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert [(s["frame"], s["camera"]) for s in lines] == [
+        (5, TOP),
+        (5, WRIST),
+        (15, TOP),
+        (15, WRIST),
+    ]
+    assert all(s["episode"] == 1 for s in lines)
+    assert "4 sample(s)" in done.stderr
+
+    done = narrator(
+        "render", str(annotated), "--recipe", "interjection_response", "--format", "pretty"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("== episode") == 3
+    assert '<tool say({"text":"Sure, slowly."})>' in done.stdout
+
+
+def test_cli_render_blend_is_stable_across_selections(annotated: Path) -> None:
+    every = narrator("render", str(annotated), "--recipe", "blend", "--every", "4")
+    assert every.returncode == 0, every.stderr
+    picked = {
+        (s["episode"], s["frame"]): s["recipe"]
+        for s in map(orjson.loads, every.stdout.splitlines())
+    }
+    frame, recipe = next((k[1], v) for k, v in picked.items() if k[0] == 2)
+    one = narrator(
+        "render", str(annotated), "--recipe", "blend", "--episode", "2", "--frames", str(frame)
+    )
+    assert one.returncode == 0, one.stderr
+    assert {orjson.loads(line)["recipe"] for line in one.stdout.splitlines()} == {recipe}
+
+
+def test_cli_render_errors(annotated: Path) -> None:
+    done = narrator("render", str(annotated), "--recipe", "nope")
+    assert done.returncode == 2 and "no recipe 'nope'" in done.stderr
+    done = narrator("render", str(annotated), "--recipe", "vqa", "--episode", "99")
+    assert done.returncode == 2 and "episode 99" in done.stderr
+    done = narrator("render", str(annotated), "--recipe", "vqa", "--frames", "a,b")
+    assert done.returncode == 2 and "--frames" in done.stderr

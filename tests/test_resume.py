@@ -79,9 +79,7 @@ def test_ctrl_c_then_resume_repeats_no_finished_request(tmp_path: Path) -> None:
         state = tmp_path / "resumed-state"
         fleet.reset()
         env = {**os.environ, "NARRATOR_LOG_FORMAT": "json"}
-        proc = subprocess.Popen(
-            _annotate_cmd(root, state, fleet), env=env, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen(_annotate_cmd(root, state, fleet), env=env, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while _requests(fleet) < total // 3:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""

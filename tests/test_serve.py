@@ -31,7 +31,7 @@ def consecutive_free_ports(count: int) -> int:
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
+            base = int(probe.getsockname()[1])
         if base + count > 65535:
             continue
         sockets: list[socket.socket] = []

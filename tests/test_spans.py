@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -37,10 +38,12 @@ def _assert_cover(spans: list[Span], n: int) -> None:
     for span in spans:
         assert span.start <= span.end
         assert span.label
-    for before, after in zip(spans, spans[1:], strict=False):
+    for before, after in itertools.pairwise(spans):
         assert after.start == before.end + 1, "consecutive, no gap, no overlap"
     starts = [s.start for s in spans]
     assert starts == sorted(set(starts)), "distinct, increasing starts"
+    for before, after in itertools.pairwise(spans):
+        assert before.label.casefold() != after.label.casefold(), "a repeated label is one span"
 
 
 def _duration(span: Span, stamps: np.ndarray, fps: float) -> float:
@@ -106,6 +109,13 @@ def test_first_boundary_moves_to_frame_zero_and_duplicates_keep_last() -> None:
     assert spans == [Span(0, 19, "late start"), Span(20, 49, "y")]
 
 
+def test_repeated_labels_join_into_one_span() -> None:
+    stamps = _timestamps(90, 10.0)
+    boundaries = [Boundary(0, "reach"), Boundary(30, "Reach"), Boundary(60, "lift")]
+    spans = build_spans(boundaries, stamps, fps=10.0, min_seconds=0.0, max_spans=5)
+    assert spans == [Span(0, 59, "reach"), Span(60, 89, "lift")]
+
+
 def test_episode_shorter_than_min_gives_one_span() -> None:
     stamps = _timestamps(5, 10.0)
     spans = build_spans(
@@ -132,7 +142,7 @@ def test_plan_windows_cover_samples_within_budget() -> None:
         assert all(2 <= len(w.frames) <= budget or len(samples) < 2 for w in windows)
         joined = sorted({f for w in windows for f in w.frames})
         assert joined == samples
-        for a, b in zip(windows, windows[1:], strict=False):
+        for a, b in itertools.pairwise(windows):
             shared = set(a.frames) & set(b.frames)
             assert len(shared) == window_overlap(budget)
         for a, c in zip(windows, windows[2:], strict=False):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from common.dataset import DatasetMeta, Episode, EpisodeFrames
-
 from common.config import FrameSettings
+from common.dataset import DatasetMeta, Episode, EpisodeFrames
 from common.errors import DatasetError
 from workers.frames import EncodedFrame, load_frames
 

@@ -36,6 +36,7 @@ from common.dataset_layout import row_groups_covering
 from common.errors import DatasetError, VideoDecodeError
 
 _TIME_EPSILON_S = 1e-6
+_TIE_EPSILON_S = 1e-9  # distances this close are a tie (decimal midpoints are inexact in binary)
 _FALLBACK_FRAME_S = 1 / 30
 
 
@@ -98,7 +99,9 @@ def _decode_nearest(
             now = float(frame.time)
             while pending < len(order) and timestamps_s[order[pending]] <= now + _TIME_EPSILON_S:
                 target = timestamps_s[order[pending]]
-                use_previous = previous is not None and target - previous[0] <= now - target
+                use_previous = (
+                    previous is not None and target - previous[0] <= now - target + _TIE_EPSILON_S
+                )
                 chosen[order[pending]] = previous[1] if use_previous and previous else frame
                 pending += 1
             if pending == len(order):
@@ -123,8 +126,11 @@ def _decode_nearest(
             )
         chosen[order[pending]] = previous[1]
         pending += 1
-    images: dict[int, Image.Image] = {}
-    return [images.setdefault(id(f), f.to_image()) for f in chosen]
+    images: dict[int, Image.Image] = {}  # a frame chosen for several times converts once
+    for frame in chosen:
+        if id(frame) not in images:
+            images[id(frame)] = frame.to_image()
+    return [images[id(frame)] for frame in chosen]
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -184,8 +190,10 @@ async def load_frames(
             f"{known}); image cameras are read with load_image_frames",
         )
     duration_s = span.to_timestamp_s - span.from_timestamp_s
+    # Past this, the nearest frame would be the next episode's first one in the same file.
+    last_s = duration_s - 0.5 / meta.fps
     for t in timestamps_s:
-        if t > duration_s + _TIME_EPSILON_S:
+        if t > last_s + _TIME_EPSILON_S:
             raise VideoDecodeError(
                 span.path,
                 f"time {t:.3f} s is past the end of episode {episode.index} "

@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
 import structlog
-from common.dataset import read_episode_frames
 from rq import get_current_job
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from common import keys
+from common.dataset import read_episode_frames
 from common.errors import ContractError, PermanentError, TransientError
 from common.logging import get_logger
 from common.metrics import EPISODES_DONE, ITEM_FAILURES, JOBS_FAILED
-from common.queueing import enqueue_finalize_job
+from common.queueing import (
+    ACTIVE_STATES,
+    JobOptions,
+    enqueue_finalize_job,
+    enqueue_module_jobs,
+    module_job_data,
+)
 from common.runs import RunRecord, load_run_async, text
 from common.staging import ModuleResult, check_module_rows
 from workers.frame_source import VideoFrameSource
@@ -36,6 +45,7 @@ from workers.modules.interjections import run_interjections
 from workers.modules.plan import run_plan
 from workers.modules.vqa import run_vqa
 from workers.runtime import current
+from workers.vlm_client import count_into
 
 log = get_logger(__name__)
 
@@ -92,6 +102,8 @@ async def run_module(run_id: str, module: str, episode: int, module_hash: str) -
     EPISODES_DONE.labels(module=module).inc()
     for failure in result.failures:
         ITEM_FAILURES.labels(module=module, kind=failure.kind).inc()
+    if module == "plan" and "interjections" in run.module_hashes:
+        await asyncio.to_thread(_enqueue_interjections, run, episode)
     if claimed:
         data_file = run_file_of(run, episode, rt.dataset_meta(run.root, run.fingerprint))
         await asyncio.to_thread(_enqueue_finalize, run_id, data_file, run.generation)
@@ -137,12 +149,10 @@ async def _annotate(run: RunRecord, module: str, episode: int, module_hash: str)
         frame_source=VideoFrameSource(meta, ep, frames, run.settings.frames),
         upstream=upstream,
     )
-    before = rt.client.counters()
-    output: ModuleOutput = await RUNNERS[module](ctx, rt.client)
-    after = rt.client.counters()
+    with count_into(Counter()) as counts:
+        output: ModuleOutput = await RUNNERS[module](ctx, rt.client)
     check_module_rows(module, output.rows)
     _check_frames(output, ctx.length, module)
-    counts = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     return ModuleResult(
         module=module,
         episode=episode,
@@ -195,6 +205,24 @@ async def _publish(run: RunRecord, result: ModuleResult) -> bool:
         *args,
     )
     return bool(claimed)
+
+
+def _enqueue_interjections(run: RunRecord, episode: int) -> None:
+    """The plan is staged: the episode's interjections job can run now."""
+    conn = current().sync_redis
+    module_hash = run.module_hashes["interjections"]
+    job_id = keys.job_id(run.run_id, "interjections", episode, module_hash)
+    if text(conn.hget(keys.result(run.run_id, "interjections", episode), "hash")) == module_hash:
+        return
+    existing = Job.fetch_many([job_id], connection=conn, serializer=JSONSerializer)[0]
+    if existing is not None:
+        if existing.get_status(refresh=False) in ACTIVE_STATES:
+            return
+        existing.delete(remove_from_queue=True)
+    options = JobOptions(job_timeout_s=run.job_timeout_s, job_retries=run.job_retries)
+    enqueue_module_jobs(
+        conn, [module_job_data(run.run_id, "interjections", episode, module_hash, options)]
+    )
 
 
 def _enqueue_finalize(run_id: str, data_file: str, generation: str) -> None:

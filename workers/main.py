@@ -1,17 +1,25 @@
-"""Entry point of the worker role: a pool of rq worker processes on the module queue.
+"""Entry point of the worker role: N processes x K concurrent jobs on the module queue.
 
-Each process is a :class:`~workers.runtime.NarratorWorker` (jobs run in-process on a
-persistent event loop) with rq's JSON serializer. ``workers=1`` runs the worker in this
-process; more start an rq ``WorkerPool`` (forked children inherit the configuration).
+Each process owns one :class:`~workers.runtime.WorkerRuntime` (event loop thread, VLM
+client, caches). With ``jobs_per_worker`` K > 1 it runs K rq workers in threads, so K jobs'
+coroutines share one loop, one connection pool and one view of the replicas' load; with
+K = 1 a single rq worker runs in the main thread. All use rq's JSON serializer.
+
+Signals: the first SIGINT/SIGTERM asks every worker to stop after its current job (warm
+shutdown); a second one exits at once. A parent with several processes forwards signals.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
+import time
+from types import FrameType
 
 import redis
 from rq.serializers import JSONSerializer
-from rq.worker_pool import WorkerPool
 
 from common import keys
 from common.config import NarratorConfig
@@ -19,38 +27,105 @@ from common.errors import ConfigError
 from common.logging import get_logger
 from common.metrics import start_metrics_server
 from workers import runtime
-from workers.runtime import NarratorJob, NarratorWorker
+from workers.runtime import NarratorJob, NarratorWorker, ThreadedNarratorWorker
 
 log = get_logger(__name__)
 
+THREAD_WORKER_TTL_S = 20  # idle dequeue wait = TTL - 15 s
+
+
+def _serve_threads(config: NarratorConfig, burst: bool) -> None:
+    url = config.redis_url_value()
+    assert url is not None
+    workers = [
+        ThreadedNarratorWorker(
+            [keys.MODULE_QUEUE],
+            connection=redis.Redis.from_url(url),
+            serializer=JSONSerializer,
+            job_class=NarratorJob,
+            worker_ttl=THREAD_WORKER_TTL_S,
+        )
+        for _ in range(config.jobs_per_worker)
+    ]
+    first_signal_at: list[float] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if first_signal_at:
+            # A signal sent to the process group and forwarded by the pool parent arrives
+            # twice; only a second request a moment later means "stop now".
+            if time.monotonic() - first_signal_at[0] > 1.0:
+                log.warning("second stop signal: exiting now")
+                os._exit(1)
+            return
+        first_signal_at.append(time.monotonic())
+        log.info("stopping after the running jobs", signal=signum)
+        for w in workers:
+            w.request_warm_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    threads = [
+        threading.Thread(
+            target=w.work,
+            kwargs={"burst": burst, "with_scheduler": i == 0, "logging_level": "WARNING"},
+            name=f"rq-worker-{i}",
+            daemon=True,
+        )
+        for i, w in enumerate(workers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=0.5)
+    runtime.shutdown()
+
+
+def _serve_process(config: NarratorConfig, burst: bool) -> None:
+    runtime.configure(config)
+    if config.jobs_per_worker > 1:
+        _serve_threads(config, burst)
+        return
+    url = config.redis_url_value()
+    assert url is not None
+    worker = NarratorWorker(
+        [keys.MODULE_QUEUE],
+        connection=redis.Redis.from_url(url),
+        serializer=JSONSerializer,
+        job_class=NarratorJob,
+    )
+    worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+
 
 def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
-    url = config.redis_url_value()
-    if not url:
+    if not config.redis_url_value():
         raise ConfigError("narrator worker needs --redis-url (or NARRATOR_REDIS_URL)")
     if not config.vlm.urls:
         raise ConfigError("narrator worker needs --vlm-url (or NARRATOR_VLM_URLS)")
-    runtime.configure(config)
     start_metrics_server(config.metrics_port)
-    conn = redis.Redis.from_url(url)
-    log.info("worker starting", processes=config.workers, vlm_urls=list(config.vlm.urls))
-    if config.workers == 1:
-        worker = NarratorWorker(
-            [keys.MODULE_QUEUE],
-            connection=conn,
-            serializer=JSONSerializer,
-            job_class=NarratorJob,
-        )
-        worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
-        return
-    if multiprocessing.get_start_method(allow_none=True) is None:
-        multiprocessing.set_start_method("fork")
-    pool = WorkerPool(
-        [keys.MODULE_QUEUE],
-        connection=conn,
-        num_workers=config.workers,
-        worker_class=NarratorWorker,
-        job_class=NarratorJob,
-        serializer=JSONSerializer,
+    log.info(
+        "worker starting",
+        processes=config.workers,
+        jobs_per_worker=config.jobs_per_worker,
+        vlm_urls=list(config.vlm.urls),
     )
-    pool.start(burst=burst, logging_level="WARNING")
+    if config.workers == 1:
+        _serve_process(config, burst)
+        return
+    ctx = multiprocessing.get_context("fork")
+    children = [
+        ctx.Process(target=_serve_process, args=(config, burst), name=f"narrator-worker-{i}")
+        for i in range(config.workers)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for child in children:
+        child.join()

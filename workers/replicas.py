@@ -59,22 +59,20 @@ class ReplicaPool:
         self,
         urls: Sequence[str],
         *,
-        budget: int,
+        budget: int | Sequence[int],
         failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
     ) -> None:
-        if not urls:
-            raise ValueError("a replica pool needs at least one URL")
-        if budget < 1:
+        budgets = [budget] * len(urls) if isinstance(budget, int) else list(budget)
+        if not urls or len(budgets) != len(urls):
+            raise ValueError("a replica pool needs at least one URL and one budget per URL")
+        if min(budgets) < 1:
             raise ValueError("the in-flight budget per replica must be at least 1")
-        self.replicas = [Replica(url=url, budget=budget) for url in urls]
+        self.replicas = [Replica(url=u, budget=b) for u, b in zip(urls, budgets, strict=True)]
         self.failure_threshold = failure_threshold
         self._changed = asyncio.Condition()
         for replica in self.replicas:
             REPLICA_HEALTHY.labels(replica.label).set(1)
             VLM_IN_FLIGHT.labels(replica.label).set(0)
-
-    def set_budget(self, replica: Replica, budget: int) -> None:
-        replica.budget = max(1, budget)
 
     def _choose(self, avoid: Iterable[Replica]) -> Replica | None:
         avoided = set(map(id, avoid))

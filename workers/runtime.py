@@ -18,15 +18,17 @@ import asyncio
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from common.dataset import DatasetMeta, load_dataset_meta
+from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker
 
 from common.config import NarratorConfig
+from common.dataset import DatasetMeta, load_dataset_meta
 from common.errors import ConfigError
 from common.queueing import PermanentAwareJob
 from workers.vlm_client import VLMClient
@@ -78,7 +80,13 @@ class WorkerRuntime:
         """Run ``coro`` on the runtime's loop and wait for it (from any other thread)."""
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            return future.result()
+            while True:
+                # Wake up regularly so rq's timer death penalty (an exception raised
+                # asynchronously in this thread) can interrupt a job that overruns.
+                try:
+                    return future.result(timeout=0.25)
+                except FutureTimeout:
+                    continue
         except BaseException:
             future.cancel()
             raise
@@ -141,3 +149,20 @@ class NarratorWorker(SimpleWorker):
             shutdown()
         finally:
             super().teardown()
+
+
+class ThreadedNarratorWorker(SimpleWorker):
+    """One of several rq workers in threads of one process, sharing its runtime.
+
+    Signals are handled by the process (see :mod:`workers.main`), timeouts by a timer
+    thread instead of SIGALRM, and a short worker TTL keeps the idle wait (and so the
+    reaction to a stop request) to a few seconds.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        return None
+
+    def request_warm_stop(self) -> None:
+        self._stop_requested = True

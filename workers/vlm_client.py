@@ -32,7 +32,8 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -55,13 +56,28 @@ from workers.vlm_protocol import (
     AttemptFailed,
     Reply,
     backoff_delay,
+    budget_from_metrics,
     chat_body,
     count_images,
     error_message,
-    parse_max_num_seqs,
     reply_from,
     with_correction,
 )
+
+# Counters of the job running in the current asyncio context (see count_into).
+_COUNTER_SCOPE: ContextVar[Counter[str] | None] = ContextVar("vlm_counter_scope", default=None)
+
+
+@contextlib.contextmanager
+def count_into(counter: Counter[str]) -> Iterator[Counter[str]]:
+    """Also add every counter increment made in this context (and the tasks it starts) to
+    ``counter``: per-job counts while several jobs share one client."""
+    token = _COUNTER_SCOPE.set(counter)
+    try:
+        yield counter
+    finally:
+        _COUNTER_SCOPE.reset(token)
+
 
 log = get_logger("workers.vlm_client")
 
@@ -118,10 +134,7 @@ class VLMClient:
             total = sum(budgets) + 2 * len(urls)
             connector = aiohttp.TCPConnector(limit=total, limit_per_host=max(budgets) + 2)
             self._session = aiohttp.ClientSession(connector=connector)
-        pool = ReplicaPool(urls, budget=max(budgets))
-        for replica, budget in zip(pool.replicas, budgets, strict=True):
-            pool.set_budget(replica, budget)
-        self._pool = pool
+        self._pool = ReplicaPool(urls, budget=budgets)
         log.info("vlm client ready", replicas=len(urls), budgets=budgets)
         self._health_task = asyncio.create_task(self._health_loop(), name="vlm-health")
 
@@ -173,8 +186,7 @@ class VLMClient:
                 text = await response.text() if response.status == 200 else ""
         except (aiohttp.ClientError, TimeoutError):
             text = ""
-        seqs = parse_max_num_seqs(text)
-        return DEFAULT_IN_FLIGHT_PER_REPLICA if seqs is None else seqs + max(1, seqs // 4)
+        return budget_from_metrics(text, DEFAULT_IN_FLIGHT_PER_REPLICA)
 
     async def _health_loop(self) -> None:
         timeout = aiohttp.ClientTimeout(
@@ -228,6 +240,12 @@ class VLMClient:
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
+    def _count(self, key: str, n: int) -> None:
+        self._counters[key] += n
+        scope = _COUNTER_SCOPE.get()
+        if scope is not None:
+            scope[key] += n
+
     async def chat_json(
         self,
         *,
@@ -243,7 +261,7 @@ class VLMClient:
         check: Callable[[dict[str, Any]], None] | None = None,
     ) -> ChatAnswer:
         """The JSON object the model answers (see the module docstring for retries)."""
-        self._counters[f"{module}:requests"] += 1
+        self._count(f"{module}:requests", 1)
         images = count_images(messages)
         body = chat_body(
             model=model,
@@ -263,7 +281,7 @@ class VLMClient:
                 attempts += used
                 data, problem = self._usable(reply, check)
                 if data is not None:
-                    self._counters[f"{module}:ok"] += 1
+                    self._count(f"{module}:ok", 1)
                     return ChatAnswer(
                         data,
                         reply.replica,
@@ -277,7 +295,7 @@ class VLMClient:
                     length_retried = True
                     doubled = min(body["max_tokens"] * 2, max(MAX_TOKENS_CAP, body["max_tokens"]))
                     if doubled > body["max_tokens"]:
-                        self._counters[f"{module}:length_retries"] += 1
+                        self._count(f"{module}:length_retries", 1)
                         log.info("vlm answer cut; retrying", module=module, max_tokens=doubled)
                         body = {**body, "max_tokens": doubled}
                         continue
@@ -290,17 +308,17 @@ class VLMClient:
                         f"(answer starts {reply.content[:160]!r})"
                     )
                 corrected = True
-                self._counters[f"{module}:corrective_retries"] += 1
+                self._count(f"{module}:corrective_retries", 1)
                 log.info("vlm answer unusable; corrective retry", module=module, reason=problem)
                 body = with_correction(body, reply.content, problem)
         except BadAnswerError:
-            self._counters[f"{module}:failures:bad_answer"] += 1
+            self._count(f"{module}:failures:bad_answer", 1)
             raise
         except VLMRequestRejectedError:
-            self._counters[f"{module}:failures:rejected"] += 1
+            self._count(f"{module}:failures:rejected", 1)
             raise
         except VLMUnavailableError:
-            self._counters[f"{module}:failures:unavailable"] += 1
+            self._count(f"{module}:failures:unavailable", 1)
             raise
 
     @staticmethod
@@ -322,7 +340,7 @@ class VLMClient:
         last = "no attempt made"
         for attempt in range(self.settings.max_attempts):
             if attempt > 0:
-                self._counters[f"{module}:retries"] += 1
+                self._count(f"{module}:retries", 1)
                 delay = backoff_delay(
                     attempt - 1,
                     self.settings.backoff_base_s,
@@ -331,8 +349,8 @@ class VLMClient:
                 )
                 await asyncio.sleep(delay)
             replica = await self.pool.acquire(avoid=tried)
-            self._counters[f"{module}:attempts"] += 1
-            self._counters[f"{module}:images"] += images
+            self._count(f"{module}:attempts", 1)
+            self._count(f"{module}:images", images)
             VLM_IMAGES.labels(module).inc(images)
             started = time.monotonic()
             try:
@@ -360,8 +378,8 @@ class VLMClient:
                 await self.pool.release(replica)
             VLM_REQUESTS.labels(replica.label, module, "ok").inc()
             await self.pool.record_success(replica)
-            self._counters[f"{module}:prompt_tokens"] += reply.prompt_tokens
-            self._counters[f"{module}:completion_tokens"] += reply.completion_tokens
+            self._count(f"{module}:prompt_tokens", reply.prompt_tokens)
+            self._count(f"{module}:completion_tokens", reply.completion_tokens)
             VLM_TOKENS.labels(module, "prompt").inc(reply.prompt_tokens)
             VLM_TOKENS.labels(module, "completion").inc(reply.completion_tokens)
             return reply, attempt + 1

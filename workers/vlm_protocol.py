@@ -59,6 +59,15 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
     return rng.uniform(0.0, min(max_s, base_s * (2.0**attempt)))
 
 
+def budget_from_metrics(metrics_text: str, default: int) -> int:
+    """In-flight budget of a replica: its ``max_num_seqs`` plus 25% headroom, else ``default``.
+
+    The headroom keeps a request queued at the server for the moment a slot frees.
+    """
+    seqs = parse_max_num_seqs(metrics_text)
+    return default if seqs is None else seqs + max(1, seqs // 4)
+
+
 def parse_max_num_seqs(metrics_text: str) -> int | None:
     """A ``max_num_seqs`` value published in Prometheus text (label or metric), if any."""
     match = _MAX_NUM_SEQS.search(metrics_text)

@@ -23,11 +23,11 @@ from typing import Any
 
 import orjson
 import redis
-from common.dataset import DatasetMeta, EpisodeFrames, load_dataset_meta, read_file_frames
 from rq import get_current_job
 
 from common import keys
 from common.contract import LanguageRow, sort_events, sort_persistent
+from common.dataset import DatasetMeta, EpisodeFrames, load_dataset_meta, read_file_frames
 from common.errors import ContractError, PermanentError, SecurityError, TransientError
 from common.logging import get_logger
 from common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
@@ -193,6 +193,10 @@ def assemble_file(
                     p_rows.append(_to_row(row, float(ts[row.frame])))
                 else:
                     e_rows[row.frame].append(_to_row(row, None))
+        vqa_types: dict[tuple[int, str], str] = {}
+        if ("vqa", ep) in results:
+            for asked in results[("vqa", ep)].extra.get("question_types", []):
+                vqa_types[(int(asked["frame"]), str(asked["camera"]))] = str(asked["type"])
         persistent[ep] = sort_persistent(p_rows)
         events[ep] = {f: sort_events(rows) for f, rows in sorted(e_rows.items())}
         findings += validate_episode(
@@ -201,6 +205,7 @@ def assemble_file(
             persistent=persistent[ep],
             events_by_frame=events[ep],
             cameras=cameras,
+            vqa_types=vqa_types or None,
         )
     return persistent, events, findings
 

@@ -14,8 +14,8 @@ are ignored.
 
 Realism, so that the simulated answers exercise the same code paths as a real model's:
 
-* strings are short robot-manipulation phrases chosen by the property name (labels are
-  objects, ``text`` is an utterance, ``memory`` is a sentence...), never random letters;
+* strings come from :mod:`narrator.simvlm.vocabulary`, chosen by the property path (labels
+  are objects, ``utterance`` is something a robot says, subtask labels are actions...);
 * numbers named like coordinates (``bbox``, ``point``, ``x``, ``y``) stay inside the first
   image of the request when its size is known, and a ``bbox`` is ordered (x1<x2, y1<y2);
 * in an array of objects, numeric fields named like span bounds (``start*``/``end*``,
@@ -32,64 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-OBJECTS = (
-    "red cube",
-    "blue bowl",
-    "sponge",
-    "green block",
-    "white mug",
-    "cloth",
-    "bottle",
-    "plate",
-    "drawer handle",
-    "wooden spoon",
-    "yellow cup",
-    "banana",
-    "box lid",
-    "towel",
-)
-ACTIONS = (
-    "grasp the {o} with the right gripper",
-    "lift the {o} off the table",
-    "move the {o} toward the bowl",
-    "place the {o} in the bin",
-    "push the {o} to the left",
-    "open the gripper and release the {o}",
-    "rotate the {o} upright",
-    "pick up the {o} by its edge",
-    "slide the {o} across the table",
-    "reach above the {o}",
-    "align the gripper with the {o}",
-    "put the {o} on the plate",
-)
-SENTENCES = (
-    "The {o} is now in the bin.",
-    "Two objects are placed; the {o} is left.",
-    "The gripper holds the {o}.",
-    "The table is clear except for the {o}.",
-    "The {o} was moved next to the bowl.",
-)
-UTTERANCES = (
-    "Sure, I will take care of the {o}.",
-    "Okay, moving the {o} now.",
-    "Got it, the {o} goes first.",
-    "On it.",
-    "Alright, I'll put the {o} away.",
-)
-REQUESTS = (
-    "Can you grab the {o} first?",
-    "Please put the {o} in the bowl instead.",
-    "Wait, move the {o} to the left.",
-    "Could you hand me the {o}?",
-)
-QUESTIONS = (
-    "Where is the {o}?",
-    "How many objects are on the table?",
-    "What colour is the {o}?",
-    "Is the {o} left of the bowl?",
-)
-ATTRIBUTES = ("color", "shape", "material", "size", "state")
-VALUES = ("red", "blue", "round", "plastic", "small", "open", "closed", "wooden", "green")
+from narrator.simvlm.vocabulary import ACTIONS, fill, leaf, phrase_for
 
 _COORD_NAME = re.compile(r"(bbox|box|point|coord|xy|^x\d?$|^y\d?$|^x_|^y_)", re.IGNORECASE)
 _START_NAME = re.compile(r"^(start|begin|first|from)", re.IGNORECASE)
@@ -103,32 +46,6 @@ class AnswerContext:
     image_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) per image, in order
     extra_property: bool = False  # ignore_schema fault: add a property the schema forbids
     defs: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _fill(template: str, rng: random.Random) -> str:
-    return template.format(o=rng.choice(OBJECTS))
-
-
-def phrase_for(name: str, rng: random.Random) -> str:
-    """A short plausible string for a property called ``name``."""
-    key = name.lower()
-    if any(w in key for w in ("label", "object", "subject", "name", "target", "item")):
-        return rng.choice(OBJECTS)
-    if "attribute" in key or key == "property":
-        return rng.choice(ATTRIBUTES)
-    if "value" in key or "colou" in key:
-        return rng.choice(VALUES)
-    if any(w in key for w in ("text", "speech", "utterance", "say", "response", "reply")):
-        return _fill(rng.choice(UTTERANCES), rng)
-    if "interjection" in key or "request" in key or "instruction" in key:
-        return _fill(rng.choice(REQUESTS), rng)
-    if "question" in key or "query" in key:
-        return _fill(rng.choice(QUESTIONS), rng)
-    if any(w in key for w in ("memory", "summary", "note", "reason", "description", "state")):
-        return _fill(rng.choice(SENTENCES), rng)
-    if "plan" in key:
-        return f"1. {_fill(rng.choice(ACTIONS), rng)}\n2. {_fill(rng.choice(ACTIONS), rng)}"
-    return _fill(rng.choice(ACTIONS), rng)
 
 
 def _resolve(schema: Any, ctx: AnswerContext) -> dict[str, Any]:
@@ -198,7 +115,7 @@ def _number_bounds(schema: Mapping[str, Any], default: tuple[float, float]) -> t
 
 def _coordinate_range(name: str, ctx: AnswerContext) -> tuple[float, float]:
     """Default range of a number without bounds: inside the first image for coordinates."""
-    if not _COORD_NAME.search(name):
+    if not _COORD_NAME.search(leaf(name)):
         return 0.0, 10.0
     if ctx.image_sizes:
         width, height = ctx.image_sizes[0]
@@ -210,7 +127,7 @@ def _integer(schema: Mapping[str, Any], name: str, ctx: AnswerContext, rng: rand
     low, high = _number_bounds(schema, _coordinate_range(name, ctx))
     lo_int = math.ceil(low) if "exclusiveMinimum" not in schema else math.floor(low) + 1
     hi_int = math.floor(high)
-    if "count" in name.lower() and "maximum" not in schema:
+    if "count" in leaf(name) and "maximum" not in schema:
         hi_int = min(hi_int, lo_int + 5)
     return rng.randint(lo_int, max(lo_int, hi_int))
 
@@ -246,10 +163,10 @@ def _order_box(values: list[Any]) -> list[Any]:
     """Make a 4-number box (x1, y1, x2, y2) ordered, keeping the values themselves."""
     x1, x2 = sorted((values[0], values[2]))
     y1, y2 = sorted((values[1], values[3]))
-    if x1 == x2 and isinstance(x2, int | float):
-        x2 = x2 + 1
-    if y1 == y2 and isinstance(y2, int | float):
-        y2 = y2 + 1
+    if x1 == x2:
+        x1, x2 = (x1 - 1, x2) if x1 >= 1 else (x1, x2 + 1)
+    if y1 == y2:
+        y1, y2 = (y1 - 1, y2) if y1 >= 1 else (y1, y2 + 1)
     return [x1, y1, x2, y2]
 
 
@@ -293,7 +210,11 @@ def _spread_spans(items: list[Any], item_schema: Mapping[str, Any], ctx: AnswerC
 def generate_instance(
     schema: Any, rng: random.Random, ctx: AnswerContext | None = None, name: str = ""
 ) -> Any:
-    """A JSON value valid for ``schema`` (see the module docstring for what is supported)."""
+    """A JSON value valid for ``schema`` (see the module docstring for what is supported).
+
+    ``name`` is the dotted path of property names leading here ("subtasks.label"); array
+    items share their array's path.
+    """
     if ctx is None:
         root_defs = {}
         if isinstance(schema, dict):
@@ -307,7 +228,7 @@ def generate_instance(
         return rng.choice(enum)
     kind = _schema_type(resolved)
     if kind == "object":
-        return _object(resolved, rng, ctx)
+        return _object(resolved, rng, ctx, name)
     if kind == "array":
         return _array(resolved, rng, ctx, name)
     if kind == "integer":
@@ -321,15 +242,17 @@ def generate_instance(
     return _string(resolved, name, rng)
 
 
-def _object(schema: Mapping[str, Any], rng: random.Random, ctx: AnswerContext) -> dict[str, Any]:
+def _object(
+    schema: Mapping[str, Any], rng: random.Random, ctx: AnswerContext, path: str
+) -> dict[str, Any]:
     props = schema.get("properties", {})
     out: dict[str, Any] = {}
     if isinstance(props, dict):
         for key, sub in props.items():
-            out[key] = generate_instance(sub, rng, ctx, key)
+            out[key] = generate_instance(sub, rng, ctx, f"{path}.{key}" if path else key)
     for key in schema.get("required", []):
         if key not in out:
-            out[key] = phrase_for(key, rng)
+            out[key] = phrase_for(f"{path}.{key}" if path else key, rng)
     if ctx.extra_property:
         out["confidence_note"] = "I am not sure about this."
     return out
@@ -346,9 +269,9 @@ def _array(
         values = [generate_instance(s, rng, ctx, name) for s in prefix]
         length = max(len(values), length) if isinstance(items_schema, dict) else len(values)
     if not isinstance(schema.get("maxItems"), int) and "minItems" not in schema:
-        if "bbox" in name.lower() or name.lower() == "box":
+        if "bbox" in leaf(name) or leaf(name) == "box":
             length = max(len(values), 4)
-        elif "point" in name.lower():
+        elif "point" in leaf(name):
             length = max(len(values), 2)
     while len(values) < length:
         candidate = generate_instance(items_schema, rng, ctx, name)
@@ -360,7 +283,7 @@ def _array(
             else:
                 break
         values.append(candidate)
-    is_box = "bbox" in name.lower() or name.lower() == "box"
+    is_box = "bbox" in leaf(name) or leaf(name) == "box"
     if is_box and len(values) == 4 and all(isinstance(v, int | float) for v in values):
         values = _order_box(values)
     resolved_items = _resolve(items_schema, ctx) if isinstance(items_schema, dict) else {}
@@ -372,12 +295,7 @@ def _array(
 def wrong_shape(schema: Any, rng: random.Random) -> dict[str, Any]:
     """A JSON object that is not an instance of ``schema`` (wrong_shape fault)."""
     required = schema.get("required", []) if isinstance(schema, dict) else []
-    out: dict[str, Any] = {"answer": _fill(rng.choice(ACTIONS), rng), "ok": True}
+    out: dict[str, Any] = {"answer": fill(rng.choice(ACTIONS), rng), "ok": True}
     if required:
         out["answer"] = {"unexpected": [1, 2, 3]}
     return out
-
-
-def text_answer(rng: random.Random) -> str:
-    """A short free-text answer for requests without a response format."""
-    return _fill(rng.choice(ACTIONS), rng).capitalize() + "."

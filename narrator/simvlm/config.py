@@ -44,6 +44,7 @@ class SimConfig:
     image_tokens: int = 256  # prompt tokens counted per image
     max_model_len: int = 32768  # prompt + max_tokens above this is rejected with 400
     seed: int = 0  # seed of the per-replica fault sequence
+    api_key: str | None = None  # like vllm --api-key: /v1/* needs "Authorization: Bearer KEY"
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 

@@ -93,10 +93,17 @@ ACCEPTED_FIELDS = frozenset(
 )
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema", "structural_tag"})
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    408: "TimeoutError",
+    429: "RateLimitError",
+}
 
 
 class InvalidRequest(Exception):
-    """A request the server refuses; ``status`` is 400 or 404."""
+    """A request the server refuses, with the HTTP status to answer (400, 404...)."""
 
     def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -105,7 +112,7 @@ class InvalidRequest(Exception):
         self.param = param
 
     def body(self) -> dict[str, Any]:
-        error_type = "NotFoundError" if self.status == 404 else "BadRequestError"
+        error_type = ERROR_TYPES.get(self.status, "InternalServerError")
         return {
             "error": {
                 "message": self.message,

@@ -30,10 +30,11 @@ import orjson
 from aiohttp import web
 
 from common.logging import get_logger
-from narrator.simvlm.answers import AnswerContext, generate_instance, text_answer, wrong_shape
+from narrator.simvlm.answers import AnswerContext, generate_instance, wrong_shape
 from narrator.simvlm.capacity import ServerStats, SlotPool
 from narrator.simvlm.config import FaultConfig, SimConfig, apply_updates, describe
 from narrator.simvlm.requests import ChatRequest, InvalidRequest, parse_chat_request
+from narrator.simvlm.vocabulary import text_answer
 
 log = get_logger("narrator.simvlm.server")
 
@@ -166,9 +167,17 @@ class SimServer:
             return self._drop(request)
         return web.Response(status=200)
 
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        key = self.config.api_key
+        if key is None or request.headers.get("Authorization") == f"Bearer {key}":
+            return None
+        return error_response(401, "Unauthorized: missing or wrong API key")
+
     async def _models(self, request: web.Request) -> web.Response:
         if self.config.faults.dead:
             return self._drop(request)
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
         model = {"id": self.config.model, "object": "model", "owned_by": "narrator-simvlm"}
         return web.json_response({"object": "list", "data": [model]})
 
@@ -189,7 +198,8 @@ class SimServer:
         arrival = self.stats.request_arrived()
         status = 499  # client went away before an answer (nginx's convention)
         try:
-            response = await self._answer_chat(request, arrival)
+            refused = self._unauthorized(request)
+            response = refused or await self._answer_chat(request, arrival)
             status = response.status
             return response
         finally:

@@ -59,6 +59,17 @@ def user_message(
     return [{"role": "user", "content": parts}]
 
 
+def _discarding_result(
+    parse: Callable[[dict[str, Any]], object],
+) -> Callable[[dict[str, Any]], None]:
+    """``parse`` as a client ``check``: it may raise ``ValueError``; its value is dropped."""
+
+    def check(data: dict[str, Any]) -> None:
+        parse(data)
+
+    return check
+
+
 async def ask(
     ctx: EpisodeContext,
     client: VLMClient,
@@ -68,9 +79,12 @@ async def ask(
     messages: list[dict[str, Any]],
     schema: dict[str, Any],
     schema_name: str,
-    check: Callable[[dict[str, Any]], None] | None = None,
+    check: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
-    """One structured-output request for ``item`` of ``module``; the answer's JSON object."""
+    """One structured-output request for ``item`` of ``module``; the answer's JSON object.
+
+    ``check`` is a parser of the answer: it raises ``ValueError`` for an unusable one (which
+    earns the client's corrective retry); what it returns is ignored here."""
     settings = ctx.settings
     answer = await client.chat_json(
         messages=messages,
@@ -82,7 +96,7 @@ async def ask(
         temperature=settings.temperature,
         seed=ctx.seed_for(module, item),
         chat_template_kwargs=settings.chat_template_kwargs,
-        check=check,
+        check=_discarding_result(check) if check is not None else None,
     )
     return answer.data
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from common.errors import BadAnswerError
+from common.errors import BadAnswerError, DatasetError
 from common.staging import StagedRow
 from workers.modules import schemas
 from workers.modules.answers import (
@@ -260,6 +260,12 @@ async def _task_aug(ctx: EpisodeContext, client: VLMClient) -> Collected:
 
 async def run_plan(ctx: EpisodeContext, client: VLMClient) -> ModuleOutput:
     """Annotate one episode with subtask, plan, memory and task_aug rows (see module doc)."""
+    if ctx.length == 0:
+        raise DatasetError(
+            ctx.episode.data_file,
+            f"episode {ctx.episode.index} has no frames; remove it from meta/episodes or "
+            "re-export the dataset",
+        )
     spans, window_failures = await find_spans(ctx, client)
     subtask_rows = Collected(
         rows=[_persistent(s.start, "assistant", s.label, "subtask") for s in spans]

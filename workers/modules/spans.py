@@ -12,16 +12,17 @@ that do not overlap (a failed window lay between them) the cut is the later wind
 frame, so the earlier window's last subtask carries on through the gap. The first answering
 window owns everything before its cut, and its first boundary is moved to frame 0.
 
-:func:`build_spans` then makes the final cover: starts snapped to distinct frames, every span
-at least ``min_seconds`` long (a short span merges into its shorter neighbour, whose label it
-takes), at most ``max_spans`` spans (the adjacent pair with the smallest combined duration
-merges, keeping the longer one's label), repeated until both hold.
+:func:`build_spans` then makes the final cover: starts snapped to distinct frames; neighbours
+with the same label (ignoring case) joined into one span; every span at least ``min_seconds``
+long (a short span merges into its shorter neighbour, whose label it takes); at most
+``max_spans`` spans (the adjacent pair with the smallest combined duration merges, keeping the
+longer one's label).
 
 Invariants (pure functions; checked by property tests):
 * Spans are consecutive and non-overlapping and cover ``0..n-1``: the first starts at 0, each
   next one starts right after the previous ends, the last ends at ``n-1``.
-* Starts are distinct, strictly increasing frames; at most ``max_spans`` spans; every span
-  lasts at least ``min_seconds`` unless only one span is left.
+* Starts are distinct, strictly increasing frames; neighbours have different labels; at most
+  ``max_spans`` spans; every span lasts at least ``min_seconds`` unless only one span is left.
 * A span's duration is ``t[end] - t[start] + 1/fps`` from *stored* timestamps.
 """
 
@@ -153,6 +154,26 @@ def _distinct(boundaries: Sequence[Boundary]) -> list[Boundary]:
     return [Boundary(f, by_frame[f]) for f in sorted(by_frame)]
 
 
+def _join_repeats(boundaries: Sequence[Boundary]) -> list[Boundary]:
+    """Drop a boundary whose label repeats the one before it: the subtask simply goes on."""
+    kept: list[Boundary] = []
+    for b in boundaries:
+        if not kept or kept[-1].label.casefold() != b.label.casefold():
+            kept.append(b)
+    return kept
+
+
+def _join_repeat_spans(spans: Sequence[Span]) -> list[Span]:
+    """Neighbouring spans that merging left with the same label become one span."""
+    joined: list[Span] = []
+    for span in spans:
+        if joined and joined[-1].label.casefold() == span.label.casefold():
+            joined[-1] = Span(joined[-1].start, span.end, joined[-1].label)
+        else:
+            joined.append(span)
+    return joined
+
+
 def _durations(
     spans: Sequence[Span], timestamps: npt.NDArray[np.floating], fps: float
 ) -> list[float]:
@@ -224,10 +245,10 @@ def build_spans(
     if not inside:
         raise ValueError("no subtask boundary lies inside the episode")
     inside[0] = Boundary(0, inside[0].label)
-    spans = _to_spans(inside, n_frames)
+    spans = _to_spans(_join_repeats(inside), n_frames)
     _merge_short(spans, timestamps, fps, min_seconds)
     _merge_to_count(spans, timestamps, fps, max_spans)
-    return spans
+    return _join_repeat_spans(spans)
 
 
 def spans_from_extra(extra: object) -> list[Span]:

@@ -1,0 +1,109 @@
+"""Phrases of the simulated VLM: a small robot-manipulation vocabulary (pure).
+
+Strings in simulated answers come from here, chosen by the property they fill, so they read
+like a model's answers (labels are objects, ``utterance`` is something a robot says, steps and
+subtask labels are imperative actions) and never like random letters. ``{o}`` in a template is
+replaced by one of :data:`OBJECTS`.
+"""
+
+from __future__ import annotations
+
+import random
+
+OBJECTS = (
+    "red cube",
+    "blue bowl",
+    "sponge",
+    "green block",
+    "white mug",
+    "cloth",
+    "bottle",
+    "plate",
+    "drawer handle",
+    "wooden spoon",
+    "yellow cup",
+    "banana",
+    "box lid",
+    "towel",
+)
+ACTIONS = (
+    "grasp the {o} with the right gripper",
+    "lift the {o} off the table",
+    "move the {o} toward the bowl",
+    "place the {o} in the bin",
+    "push the {o} to the left",
+    "open the gripper and release the {o}",
+    "rotate the {o} upright",
+    "pick up the {o} by its edge",
+    "slide the {o} across the table",
+    "reach above the {o}",
+    "align the gripper with the {o}",
+    "put the {o} on the plate",
+)
+SENTENCES = (
+    "The {o} is now in the bin.",
+    "Two objects are placed; the {o} is left.",
+    "The gripper holds the {o}.",
+    "The table is clear except for the {o}.",
+    "The {o} was moved next to the bowl.",
+)
+UTTERANCES = (
+    "Sure, I will take care of the {o}.",
+    "Okay, moving the {o} now.",
+    "Got it, the {o} goes first.",
+    "On it.",
+    "Alright, I'll put the {o} away.",
+)
+REQUESTS = (
+    "Can you grab the {o} first?",
+    "Please put the {o} in the bowl instead.",
+    "Wait, move the {o} to the left.",
+    "Could you hand me the {o}?",
+)
+QUESTIONS = (
+    "Where is the {o}?",
+    "How many objects are on the table?",
+    "What colour is the {o}?",
+    "Is the {o} left of the bowl?",
+)
+ATTRIBUTES = ("color", "shape", "material", "size", "state")
+VALUES = ("red", "blue", "round", "plastic", "small", "open", "closed", "wooden", "green")
+
+
+def fill(template: str, rng: random.Random) -> str:
+    return template.format(o=rng.choice(OBJECTS))
+
+
+def leaf(path: str) -> str:
+    """The last property name of a dotted path ("subtasks.label" -> "label"), lower-case."""
+    return path.rsplit(".", 1)[-1].lower()
+
+
+def phrase_for(path: str, rng: random.Random) -> str:
+    """A short plausible string for the property at dotted ``path`` (e.g. "subtasks.label")."""
+    key = leaf(path)
+    in_plan = any(w in path.lower() for w in ("subtask", "step", "plan", "action", "rephras"))
+    if in_plan and any(w in key for w in ("label", "name", "text", "step", "action", "rephras")):
+        return fill(rng.choice(ACTIONS), rng)
+    if any(w in key for w in ("label", "object", "subject", "name", "target", "item")):
+        return rng.choice(OBJECTS)
+    if "attribute" in key or key == "property":
+        return rng.choice(ATTRIBUTES)
+    if "value" in key or "colou" in key:
+        return rng.choice(VALUES)
+    if any(w in key for w in ("text", "speech", "utterance", "say", "response", "reply")):
+        return fill(rng.choice(UTTERANCES), rng)
+    if "interjection" in key or "request" in key or "instruction" in key:
+        return fill(rng.choice(REQUESTS), rng)
+    if "question" in key or "query" in key:
+        return fill(rng.choice(QUESTIONS), rng)
+    if any(w in key for w in ("memory", "summary", "note", "reason", "description", "state")):
+        return fill(rng.choice(SENTENCES), rng)
+    if "plan" in key:
+        return f"1. {fill(rng.choice(ACTIONS), rng)}\n2. {fill(rng.choice(ACTIONS), rng)}"
+    return fill(rng.choice(ACTIONS), rng)
+
+
+def text_answer(rng: random.Random) -> str:
+    """A short free-text answer for requests without a response format."""
+    return fill(rng.choice(ACTIONS), rng).capitalize() + "."
