@@ -48,6 +48,10 @@ class PromptSet:
     def hashes(self) -> dict[str, str]:
         return {name: self.hash(name) for name in sorted(self.texts)}
 
+    def module_prompt_hashes(self, module: str) -> dict[str, str]:
+        """name -> hash of every prompt of ``module``."""
+        return {n: self.hash(n) for n in sorted(self.texts) if n.split(".", 1)[0] == module}
+
     def module_hash(self, module: str) -> str:
         """One hash over every prompt of ``module`` (names and texts)."""
         digest = hashlib.sha256()

@@ -60,6 +60,7 @@ class ModuleResult:
     rows: list[StagedRow] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # requests, tokens, images...
+    prompt_hashes: dict[str, str] = field(default_factory=dict)  # prompt name -> hash used
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. plan's subtask spans
 
     def encode(self) -> bytes:
@@ -86,6 +87,7 @@ class ModuleResult:
             failures=[Failure(**f) for f in data["failures"]],
             counts={k: int(v) for k, v in data["counts"].items()},
             extra=data.get("extra", {}),
+            prompt_hashes=data.get("prompt_hashes", {}),
         )
 
 

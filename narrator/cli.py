@@ -172,6 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NarratorError as exc:
         sys.stderr.write(f"narrator: {redact_text(str(exc))}\n")
         return 2
+    except redis.exceptions.AuthenticationError as exc:
+        sys.stderr.write(
+            f"narrator: Redis refused the credentials ({exc}); check the user and password "
+            "in --redis-url / NARRATOR_REDIS_URL\n"
+        )
+        return 2
+    except redis.exceptions.ConnectionError as exc:
+        sys.stderr.write(
+            f"narrator: cannot reach Redis: {redact_text(str(exc)).rstrip('.')}. Start Redis or fix "
+            "--redis-url / NARRATOR_REDIS_URL (without it, `annotate` starts its own).\n"
+        )
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("narrator: interrupted; run the same command again to resume\n")
         return 130

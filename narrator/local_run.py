@@ -80,7 +80,7 @@ def forget_dead_workers(conn: redis.Redis) -> int:
     """Embedded Redis only: every worker registered there died with the last run."""
     dead = Worker.all(connection=conn)
     for worker in dead:
-        worker.register_death()
+        worker.register_death()  # type: ignore[no-untyped-call]
     return len(dead)
 
 

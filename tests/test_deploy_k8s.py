@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from common import keys
@@ -128,9 +128,10 @@ def test_keda_scales_workers_on_rqs_module_queue(rendered: list[dict[str, Any]])
     assert trigger["type"] == "redis"
     meta = trigger["metadata"]
     assert meta["listName"] == f"rq:queue:{keys.MODULE_QUEUE}"
-    assert int(meta["listLength"]) >= 1
     # KEDA reads the address from the worker container's environment.
     env = container_env(rendered, pod_spec(worker)["containers"][0])
+    job_slots = int(env["NARRATOR_WORKERS"] or 0) * int(env["NARRATOR_JOBS_PER_WORKER"] or 0)
+    assert int(meta["listLength"]) == job_slots, "one queued job per job slot of a pod"
     address = env[meta["addressFromEnv"]]
     assert address is not None
     host, _, port = address.partition(":")

@@ -97,6 +97,8 @@ class Processes:
                 process.wait()
             with contextlib.suppress(ProcessLookupError):  # children left in its group
                 os.killpg(process.pid, signal.SIGKILL)
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 @pytest.fixture

@@ -265,3 +265,53 @@ def test_second_invocation_of_a_finished_run_does_nothing(
     assert summary.run_id == run_id
     assert summary.complete and summary.enqueued == 0
     assert file_hashes(root) == before
+
+
+def test_every_shipped_recipe_renders_samples_from_the_run(
+    annotated: tuple[Path, str, str],
+) -> None:
+    from common.recipes import load_recipe, shipped_recipe_names
+    from narrator.cmd_render import iter_samples
+
+    root, _, _ = annotated
+    meta = load_dataset_meta(root)
+    names = shipped_recipe_names()
+    assert {
+        "low_level_subtask",
+        "high_level_next_subtask",
+        "memory_update",
+        "interjection_response",
+        "vqa",
+    } <= set(names)
+    for name in names:
+        samples = list(iter_samples(meta, load_recipe(name), sorted(meta.episodes)))
+        assert samples, f"recipe {name} rendered nothing from a real run"
+        for sample in samples:
+            assert sample["messages"], name
+    interjection = list(
+        iter_samples(meta, load_recipe("interjection_response"), sorted(meta.episodes))
+    )
+    calls = [c for s in interjection for m in s["messages"] for c in (m.get("tool_calls") or [])]
+    assert calls and all(c["function"]["name"] == "say" for c in calls)
+    vqa = list(iter_samples(meta, load_recipe("vqa"), sorted(meta.episodes)))
+    assert {s.get("camera") for s in vqa} >= {c.key for c in meta.cameras}
+
+
+def test_status_reports_modules_files_and_counters(annotated: tuple[Path, str, str]) -> None:
+    import subprocess
+    import sys
+
+    root, run_id, url = annotated
+    out = subprocess.run(
+        [sys.executable, "-m", "narrator", "status", run_id, "--redis-url", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"run {run_id}  state: done" in out
+    meta = load_dataset_meta(root)
+    n = len(meta.episodes)
+    for module in ("plan", "interjections", "vqa"):
+        assert f"{module}" in out and f"{n}/{n}" in out
+    assert f"files staged {len(meta.files)}/{len(meta.files)}  committed: yes" in out
+    assert "VLM requests" in out and "throughput" in out

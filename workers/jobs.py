@@ -161,6 +161,7 @@ async def _annotate(run: RunRecord, module: str, episode: int, module_hash: str)
         failures=output.failures,
         counts={k: v for k, v in counts.items() if v},
         extra=output.extra,
+        prompt_hashes=run.prompts.module_prompt_hashes(module),
     )
 
 
@@ -194,7 +195,7 @@ async def _publish(run: RunRecord, result: ModuleResult) -> bool:
     for name, value in counters:
         args += [name, value]
     args += [orjson.dumps(f) for f in result.failures]
-    claimed = await rt.aredis.eval(  # type: ignore[misc]
+    claimed = await rt.aredis.eval(
         PUBLISH_SCRIPT,
         5,
         keys.result(run.run_id, result.module, result.episode),

@@ -148,7 +148,7 @@ class NarratorWorker(SimpleWorker):
         try:
             shutdown()
         finally:
-            super().teardown()
+            super().teardown()  # type: ignore[no-untyped-call]
 
 
 class ThreadedNarratorWorker(SimpleWorker):

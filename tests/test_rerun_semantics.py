@@ -1,0 +1,111 @@
+"""Re-running after a change recomputes only what the change affects (SPEC section 6):
+a changed prompt recomputes its module, a changed plan setting recomputes plan and the
+interjections that read it, and every result records the hashes of the prompts that made it."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from common import keys
+from common.prompts import SHIPPED_DIR, load_prompts
+from narrator.local_run import annotate
+from narrator.sample_dataset import make_sample_dataset
+from narrator.simvlm.fleet import Fleet, start_fleet
+from tests.pipeline_support import pipeline_config
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _requests_by_module(fleet: Fleet) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for i in range(len(fleet.urls)):
+        for schema, n in fleet.stats(i)["by_schema"].items():
+            out[schema.split("_", 1)[0]] += int(n)
+    return out
+
+
+def _results(conn: redis.Redis, run_id: str) -> dict[str, dict[str, object]]:
+    out = {}
+    for key in conn.scan_iter(f"{keys.run(run_id)}:result:*"):
+        out[key.decode()] = orjson.loads(conn.hget(key, "data") or b"{}")
+    return out
+
+
+def _by_module(results: dict[str, dict[str, object]], module: str) -> dict[str, object]:
+    return {k: v for k, v in results.items() if f":result:{module}:" in k}
+
+
+@pytest.fixture
+def fleet() -> Fleet:
+    f = start_fleet(2)
+    yield f
+    f.close()
+
+
+def test_changed_prompt_or_setting_recomputes_only_what_it_affects(
+    tmp_path: Path, fleet: Fleet, redis_url: str
+) -> None:
+    root = tmp_path / "dataset"
+    make_sample_dataset(root, episodes=4, cameras=1, episodes_per_file=2)
+    conn = redis.Redis.from_url(redis_url)
+
+    def run(**extra: object) -> str:
+        fleet.reset()
+        result = annotate(
+            pipeline_config(fleet.urls, redis_url=redis_url, state_dir=tmp_path / "s", **extra),
+            root,
+            progress=False,
+        )
+        assert result.exit_code == 0
+        return result.run_id
+
+    run_id = run()
+    first = _results(conn, run_id)
+    assert set(_requests_by_module(fleet)) == {"plan", "interjections", "vqa"}
+    shipped = load_prompts()
+    for data in first.values():
+        module = str(data["module"])
+        assert data["prompt_hashes"] == shipped.module_prompt_hashes(module)
+
+    # 1. A user prompt directory changes the vqa prompt: only vqa is asked again.
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    text = (SHIPPED_DIR / "vqa.question.txt").read_text()
+    (prompts / "vqa.question.txt").write_text(text + "\nAnswer tersely.\n")
+    assert run(prompt_dir=str(prompts)) == run_id
+    assert set(_requests_by_module(fleet)) == {"vqa"}
+    second = _results(conn, run_id)
+    assert _by_module(second, "plan") == _by_module(first, "plan")
+    assert _by_module(second, "interjections") == _by_module(first, "interjections")
+    changed = load_prompts(prompts).hash("vqa.question")
+    assert changed != shipped.hash("vqa.question")
+    assert all(
+        v["prompt_hashes"] == {"vqa.question": changed} for v in _by_module(second, "vqa").values()
+    )
+
+    # 2. A plan setting changes: plan and interjections (which read its subtasks) rerun.
+    assert run(prompt_dir=str(prompts), annotation={"plan": {"max_subtasks": 2}}) == run_id
+    assert set(_requests_by_module(fleet)) == {"plan", "interjections"}
+    third = _results(conn, run_id)
+    assert _by_module(third, "vqa") == _by_module(second, "vqa")
+
+    # 3. Nothing changed: nothing is asked, nothing is rewritten.
+    before = {p: p.read_bytes() for p in (root / "data").rglob("*.parquet")}
+    run(prompt_dir=str(prompts), annotation={"plan": {"max_subtasks": 2}})
+    assert sum(_requests_by_module(fleet).values()) == 0
+    assert {p: p.read_bytes() for p in (root / "data").rglob("*.parquet")} == before
+
+
+def test_unknown_prompt_file_in_override_dir_is_refused(tmp_path: Path) -> None:
+    from common.errors import ConfigError
+
+    (tmp_path / "plan.subtask.txt").write_text("typo in the name")
+    with pytest.raises(ConfigError, match="replace no shipped prompt"):
+        load_prompts(tmp_path)
+    shutil.rmtree(tmp_path)
