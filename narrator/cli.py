@@ -180,8 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except redis.exceptions.ConnectionError as exc:
         sys.stderr.write(
-            f"narrator: cannot reach Redis: {redact_text(str(exc)).rstrip('.')}. Start Redis or fix "
-            "--redis-url / NARRATOR_REDIS_URL (without it, `annotate` starts its own).\n"
+            f"narrator: cannot reach Redis: {redact_text(str(exc)).rstrip('.')}. "
+            "Start Redis or fix --redis-url / NARRATOR_REDIS_URL "
+            "(without it, `annotate` starts its own).\n"
         )
         return 2
     except KeyboardInterrupt:
