@@ -6,7 +6,14 @@ them only together with ``deploy/``. ``start_metrics_server`` is a no-op for por
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 
 VLM_REQUESTS = Counter(
     "narrator_vlm_requests_total",
@@ -23,9 +30,17 @@ VLM_TOKENS = Counter(
     "narrator_vlm_tokens_total", "Tokens reported by the server", ["module", "kind"]
 )
 VLM_IMAGES = Counter("narrator_vlm_images_total", "Images sent to the VLM", ["module"])
-VLM_IN_FLIGHT = Gauge("narrator_vlm_in_flight", "Requests in flight per replica", ["replica"])
+VLM_IN_FLIGHT = Gauge(
+    "narrator_vlm_in_flight",
+    "Requests in flight per replica",
+    ["replica"],
+    multiprocess_mode="livesum",
+)
 REPLICA_HEALTHY = Gauge(
-    "narrator_vlm_replica_healthy", "1 if the replica is in rotation", ["replica"]
+    "narrator_vlm_replica_healthy",
+    "1 if the replica is in rotation (minimum over worker processes)",
+    ["replica"],
+    multiprocess_mode="livemin",
 )
 EPISODES_DONE = Counter(
     "narrator_episodes_done_total", "Episodes whose module job finished", ["module"]
@@ -50,3 +65,17 @@ VALIDATION_ERRORS = Counter(
 def start_metrics_server(port: int | None, addr: str = "0.0.0.0") -> None:
     if port is not None:
         start_http_server(port, addr=addr)
+
+
+def start_multiprocess_metrics_server(port: int | None, directory: str) -> None:
+    """Serve the metrics of every child process that writes to ``directory``.
+
+    prometheus_client's multiprocess mode: the children must be *started* (spawned, not
+    forked) with ``PROMETHEUS_MULTIPROC_DIR=directory`` in their environment, so each one
+    records its samples in files there; this process sums them on every scrape.
+    """
+    if port is None:
+        return
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr="0.0.0.0", registry=registry)

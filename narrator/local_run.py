@@ -92,7 +92,16 @@ def child_env(config: NarratorConfig, redis_url: str) -> dict[str, str]:
         env["NARRATOR_VLM_API_KEY"] = config.vlm.api_key.get_secret_value()
     if config.vlm.max_in_flight_per_replica:
         env["NARRATOR_VLM__MAX_IN_FLIGHT_PER_REPLICA"] = str(config.vlm.max_in_flight_per_replica)
-    env["NARRATOR_VLM__TIMEOUT_S"] = str(config.vlm.timeout_s)
+    # Every retry/timeout setting, so the workers ask the VLM as this process was told to.
+    for name in (
+        "timeout_s",
+        "connect_timeout_s",
+        "max_attempts",
+        "backoff_base_s",
+        "backoff_max_s",
+        "health_interval_s",
+    ):
+        env[f"NARRATOR_VLM__{name.upper()}"] = str(getattr(config.vlm, name))
     env.setdefault("NARRATOR_LOG_FORMAT", "json")
     env.setdefault("NARRATOR_LOG_LEVEL", "warning")
     return env

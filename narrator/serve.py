@@ -128,10 +128,14 @@ def _relay_output(child: ChildReplica, stream: IO[bytes]) -> None:
     stream.close()
 
 
+# Readiness probes go straight to the replica, never through an HTTP(S)_PROXY from the env.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _answers(url: str, timeout_s: float) -> bool:
     for path in ("/health", "/v1/models"):
         try:
-            with urllib.request.urlopen(f"{url}{path}", timeout=timeout_s) as response:
+            with _DIRECT.open(f"{url}{path}", timeout=timeout_s) as response:
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, OSError, ValueError):

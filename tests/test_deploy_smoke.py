@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,20 +155,39 @@ def role_process_spec(
 
 
 def vlm_url_overrides(compose_urls: str, sim_urls: list[str]) -> str:
-    """The compose file's NARRATOR_VLM_URLS with each vLLM service mapped to one sim replica."""
+    """NARRATOR_VLM_URLS for the local run: the i-th URL the compose file lists becomes the
+    i-th simulated replica, so the workers see as many replicas as the stack has."""
     compose_list = compose_urls.split(",")
-    assert len(compose_list) == len(sim_urls)
+    assert len(compose_list) == len(sim_urls), (compose_list, sim_urls)
     return ",".join(sim_urls)
 
 
 def dataset_is_annotated(root: Path) -> bool:
-    info = json.loads((root / "meta" / "info.json").read_text())
+    """True once meta/info.json declares both columns (the writer's last commit step)."""
+    try:
+        info = json.loads((root / "meta" / "info.json").read_text())
+    except json.JSONDecodeError:  # caught mid-rewrite; look again
+        return False
     if not all(column in info["features"] for column in LANGUAGE_COLUMNS):
         return False
     for shard in sorted((root / "data").rglob("*.parquet")):
         names = pq.read_schema(shard).names
         assert all(column in names for column in LANGUAGE_COLUMNS), f"{shard} lacks a column"
     return True
+
+
+CONSOLE_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S* \[")
+
+
+def assert_structured_logs(log_path: Path, role: str) -> None:
+    """narrator's structlog lines are JSON objects with an event (no console layout)."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    console = [line for line in lines if CONSOLE_LOG_LINE.match(line)]
+    assert not console, (
+        f"{role} logs in console layout despite NARRATOR_LOG_FORMAT=json: {console[:3]}"
+    )
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any("event" in event for event in events), f"{role} wrote no JSON log line"
 
 
 def scrape(port: int) -> str:
@@ -233,7 +253,7 @@ def test_compose_roles_annotate_a_sample_dataset(
         [str(NARRATOR), "status", run_id], env=env, capture_output=True, text=True, timeout=30
     )
     assert status.returncode == 0, status.stderr
-    assert "done" in status.stdout, status.stdout
+    assert re.search(r"\bstate:\s*done\b", status.stdout), status.stdout
 
     processes.assert_alive()
     writer_metrics = scrape(metrics_ports["writer"])
@@ -242,6 +262,10 @@ def test_compose_roles_annotate_a_sample_dataset(
     assert metric_total(worker_metrics, "narrator_vlm_requests_total") >= 1, (
         "the worker's /metrics (what Prometheus scrapes) shows no VLM requests"
     )
+
+    # The compose file sets NARRATOR_LOG_FORMAT=json: narrator's own log lines are JSON.
+    for role in ("worker", "writer"):
+        assert_structured_logs(processes.started[role][1], role)
 
     # `docker compose stop` and a KEDA scale-down send SIGTERM: idle roles must exit promptly.
     for role in ("worker", "writer"):

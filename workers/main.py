@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
 from types import FrameType
@@ -24,8 +25,8 @@ from rq.serializers import JSONSerializer
 from common import keys
 from common.config import NarratorConfig
 from common.errors import ConfigError
-from common.logging import get_logger
-from common.metrics import start_metrics_server
+from common.logging import configure_logging, get_logger
+from common.metrics import start_metrics_server, start_multiprocess_metrics_server
 from workers import runtime
 from workers.runtime import NarratorJob, NarratorWorker, ThreadedNarratorWorker
 
@@ -82,6 +83,7 @@ def _serve_threads(config: NarratorConfig, burst: bool) -> None:
 
 
 def _serve_process(config: NarratorConfig, burst: bool) -> None:
+    configure_logging(config.log_level, config.log_format)  # spawned: a fresh interpreter
     runtime.configure(config)
     if config.jobs_per_worker > 1:
         _serve_threads(config, burst)
@@ -102,7 +104,6 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
         raise ConfigError("narrator worker needs --redis-url (or NARRATOR_REDIS_URL)")
     if not config.vlm.urls:
         raise ConfigError("narrator worker needs --vlm-url (or NARRATOR_VLM_URLS)")
-    start_metrics_server(config.metrics_port)
     log.info(
         "worker starting",
         processes=config.workers,
@@ -110,9 +111,15 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
         vlm_urls=list(config.vlm.urls),
     )
     if config.workers == 1:
+        start_metrics_server(config.metrics_port)
         _serve_process(config, burst)
         return
-    ctx = multiprocessing.get_context("fork")
+    # Children are spawned (fresh interpreters) with PROMETHEUS_MULTIPROC_DIR set, so their
+    # metrics land in files this process sums for Prometheus.
+    metrics_dir = tempfile.mkdtemp(prefix="narrator-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    start_multiprocess_metrics_server(config.metrics_port, metrics_dir)
+    ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(target=_serve_process, args=(config, burst), name=f"narrator-worker-{i}")
         for i in range(config.workers)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
+from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker
 
@@ -34,6 +35,8 @@ from common.queueing import PermanentAwareJob
 from workers.vlm_client import VLMClient
 
 T = TypeVar("T")
+
+STOP_POLL_S = 2  # how often an idle threaded worker checks for a stop request
 
 _config: NarratorConfig | None = None
 _runtime: WorkerRuntime | None = None
@@ -166,3 +169,16 @@ class ThreadedNarratorWorker(SimpleWorker):
 
     def request_warm_stop(self) -> None:
         self._stop_requested = True
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> Any:
+        # rq's idle wait loops until a job arrives and only a signal (main thread) ends it;
+        # wait in short slices instead so a stop request is seen within STOP_POLL_S.
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(
+                timeout, max_idle_time=STOP_POLL_S if timeout is not None else None
+            )
+            if result is not None or timeout is None:
+                return result
+        raise StopRequested()
