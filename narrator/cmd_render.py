@@ -24,9 +24,9 @@ import orjson
 from common.dataset import load_dataset_meta
 from common.dataset_meta import DatasetMeta
 from common.errors import ConfigError
+from common.language_io import EpisodeLanguage, read_episode_language
 from common.recipes import AnyRecipe, Blend, load_recipe
 from common.render import AmbiguousBindingError, blend_choice, render_sample
-from narrator.report.annotations import EpisodeLanguage, read_episode_language
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

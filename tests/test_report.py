@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.dataset import load_dataset_meta
-from narrator.report.annotations import read_episode_language
+from common.language_io import read_episode_language
 from narrator.report.build import ReportOptions, build_report
 from narrator.report.model import build_episode_view, pick_vqa, thumbnail_frames
 from narrator.report.thumbs import decode_at

@@ -109,3 +109,66 @@ def test_unknown_prompt_file_in_override_dir_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="replace no shipped prompt"):
         load_prompts(tmp_path)
     shutil.rmtree(tmp_path)
+
+
+def test_a_run_keeps_rows_it_does_not_own(tmp_path: Path, fleet: Fleet, redis_url: str) -> None:
+    """Rows of other tools (motion, trace) and of modules a run does not include survive."""
+    from common.contract import LanguageRow, sort_events, sort_persistent
+    from common.dataset import load_dataset_meta, read_file_frames
+    from common.language_io import read_file_language
+    from writer.shard import EpisodeRange, build_language_columns, rewrite_shard
+
+    root = tmp_path / "dataset"
+    make_sample_dataset(root, episodes=3, cameras=1, episodes_per_file=3)
+    config = pipeline_config(fleet.urls, redis_url=redis_url, state_dir=tmp_path / "s")
+    assert annotate(config, root, progress=False).exit_code == 0
+
+    # Another tool adds a motion row and a trace event to episode 0.
+    meta = load_dataset_meta(root)
+    data_file = next(iter(meta.files))
+    camera = meta.cameras[0].key
+    language = read_file_language(meta, data_file)
+    frames = read_file_frames(meta, data_file)
+    t0 = float(frames[0].timestamp[0])
+    motion = LanguageRow("assistant", "move the arm left", "motion", t0, None, None)
+    trace = LanguageRow("assistant", "[[1, 2], [3, 4]]", "trace", None, camera, None)
+    persistent = {e: list(lang.persistent) for e, lang in language.items()}
+    events = {
+        e: {f: list(r) for f, r in lang.events_by_frame.items()} for e, lang in language.items()
+    }
+    persistent[0] = sort_persistent([*persistent[0], motion])
+    events[0][2] = sort_events([*events[0].get(2, []), trace])
+    ranges = [EpisodeRange(e, f.row_start, len(f.timestamp)) for e, f in frames.items()]
+    n_rows = sum(len(f.timestamp) for f in frames.values())
+    rewrite_shard(
+        root / data_file,
+        root / data_file,
+        *build_language_columns(n_rows, ranges, persistent, events),
+    )
+    before = read_file_language(load_dataset_meta(root), data_file)
+
+    # A vqa-only run with a changed question prompt.
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "vqa.question.txt").write_text(
+        (SHIPPED_DIR / "vqa.question.txt").read_text() + "\nBe brief.\n"
+    )
+    fleet.reset()
+    vqa_only = pipeline_config(
+        fleet.urls,
+        redis_url=redis_url,
+        state_dir=tmp_path / "s",
+        prompt_dir=str(prompts),
+        annotation={"modules": ["vqa"]},
+    )
+    assert annotate(vqa_only, root, progress=False).exit_code == 0
+    assert set(_requests_by_module(fleet)) == {"vqa"}
+    after = read_file_language(load_dataset_meta(root), data_file)
+    for ep, lang in after.items():
+        assert lang.persistent == before[ep].persistent  # plan rows and the motion row kept
+        for frame in set(lang.events_by_frame) | set(before[ep].events_by_frame):
+            old = [r for r in before[ep].events_by_frame.get(frame, []) if r.style != "vqa"]
+            new = [r for r in lang.events_by_frame.get(frame, []) if r.style != "vqa"]
+            assert new == old, (ep, frame)
+    assert motion in after[0].persistent
+    assert trace in after[0].events_by_frame[2]

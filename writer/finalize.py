@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ from common import keys
 from common.contract import LanguageRow, sort_events, sort_persistent
 from common.dataset import DatasetMeta, EpisodeFrames, load_dataset_meta, read_file_frames
 from common.errors import ContractError, PermanentError, SecurityError, TransientError
+from common.language_io import EpisodeLanguage, read_file_language
 from common.logging import get_logger
 from common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
 from common.runs import RunRecord, load_run, load_run_files, text
 from common.staging import ModuleResult, StagedRow
 from common.validation import Finding, validate_episode
 from writer.commit import commit, resume_commits, stage_dir
+from writer.merge import kept_rows
 from writer.shard import EpisodeRange, build_language_columns, rewrite_shard
 
 log = get_logger(__name__)
@@ -78,7 +81,12 @@ def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any
     episodes = files[data_file]
     results = _load_results(conn, run, episodes)
     frames = read_file_frames(meta, data_file)
-    persistent, events, findings = assemble_file(run, meta, episodes, frames, results)
+    existing = (
+        read_file_language(meta, data_file) if meta.language_columns_state == "current" else {}
+    )
+    persistent, events, findings = assemble_file(
+        run, meta, episodes, frames, results, existing=existing
+    )
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         for f in errors:
@@ -175,8 +183,10 @@ def assemble_file(
     episodes: list[int],
     frames: dict[int, EpisodeFrames],
     results: dict[tuple[str, int], ModuleResult],
+    existing: Mapping[int, EpisodeLanguage] | None = None,
 ) -> tuple[dict[int, list[LanguageRow]], dict[int, dict[int, list[LanguageRow]]], list[Finding]]:
-    """Place staged rows on frames with the shard's timestamps, sort, and validate."""
+    """Place staged rows on frames with the shard's timestamps, add the existing rows the run
+    does not own (see :mod:`writer.merge`), sort, and validate."""
     cameras = {c.key for c in meta.cameras}
     persistent: dict[int, list[LanguageRow]] = {}
     events: dict[int, dict[int, list[LanguageRow]]] = {}
@@ -185,6 +195,14 @@ def assemble_file(
         ts = frames[ep].timestamp
         p_rows: list[LanguageRow] = []
         e_rows: dict[int, list[LanguageRow]] = defaultdict(list)
+        old = (existing or {}).get(ep)
+        if old is not None and len(old.timestamps) == len(ts):
+            keep_p, keep_e = kept_rows(
+                old.persistent, old.events_by_frame, [float(t) for t in ts], run.module_hashes
+            )
+            p_rows.extend(keep_p)
+            for frame, rows in keep_e.items():
+                e_rows[frame].extend(rows)
         for module in run.module_hashes:
             for row in results[(module, ep)].rows:
                 if not 0 <= row.frame < len(ts):

@@ -19,9 +19,9 @@ from pathlib import Path
 from common.dataset import load_dataset_meta
 from common.dataset_check import check_annotated_dataset
 from common.dataset_meta import DatasetMeta
+from common.language_io import EpisodeLanguage, read_file_language
 from common.logging import get_logger
 from common.validation import Finding
-from narrator.report.annotations import EpisodeLanguage, read_file_language
 from narrator.report.html import EpisodeMedia, PageContext, render_page
 from narrator.report.model import (
     EpisodeView,

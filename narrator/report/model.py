@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from common.contract import LanguageRow
+from common.language_io import EpisodeLanguage
 from common.validation import Finding, speech_text_or_none, vqa_answer_type
-from narrator.report.annotations import EpisodeLanguage
 
 
 @dataclass(frozen=True)

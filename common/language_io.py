@@ -1,7 +1,8 @@
 """Reading the language rows of an annotated dataset, per data file or per episode.
 
-Used by ``narrator render`` and ``narrator report``. Reads only ``episode_index``,
-``timestamp``, ``task_index`` and the two language columns.
+Used by ``narrator render``, ``narrator report`` and the writer (to keep rows a run does
+not own). Reads only ``episode_index``, ``timestamp``, ``task_index`` and the two language
+columns.
 
 Invariants:
 * Read-only. Problems are :class:`~common.errors.DatasetError` naming the file and what to do.

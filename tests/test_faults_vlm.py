@@ -1,0 +1,344 @@
+"""VLM fault modes through the whole pipeline (issue 3 item 8): a real Redis, the producer,
+worker and writer processes, and simulated replicas that misbehave on purpose.
+
+Every run annotates a fresh copy of one small sample dataset. The reference is a clean run
+on another copy: the simulator answers deterministically for a given request, so a fault
+that a retry fully absorbs (think tags, prose, code fences, 5xx, hangs, dead or dying
+replicas, an outage) must give a dataset whose ``data/`` shards and ``meta/info.json`` are
+byte-identical to the reference. Faults that cannot be absorbed (answers of the wrong
+shape, unusable answers) must still end in a committed dataset that passes the contract
+check, with the failures counted in the run's status.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from common.dataset_check import check_annotated_dataset
+from common.status import RunStatus, format_status, read_status, retry_failed
+from narrator.local_run import AnnotateResult, annotate, child_env
+from narrator.sample_dataset import make_sample_dataset
+from narrator.simvlm.fleet import Fleet, start_fleet
+from tests.pipeline_support import file_hashes, pipeline_config
+from tests.test_faults_processes import RoleProcess, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+REPLICAS = 3
+LATENCY_S = 0.02
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    f = start_fleet(REPLICAS)
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sample_dataset(
+        tmp_path_factory.mktemp("faults-vlm") / "original",
+        episodes=5,
+        cameras=1,
+        episodes_per_file=2,
+        min_length=20,
+        max_length=40,
+    )
+
+
+def output_hashes(root: Path) -> dict[str, str]:
+    """Hashes of what a run may change: the data shards and meta/info.json."""
+    return {
+        rel: digest
+        for rel, digest in file_hashes(root).items()
+        if rel.startswith("data/") or rel == "meta/info.json"
+    }
+
+
+@dataclass
+class Outcome:
+    result: AnnotateResult
+    root: Path
+    status: RunStatus
+
+    def counter(self, suffix: str) -> int:
+        return sum(v for k, v in self.status.counters.items() if k.endswith(suffix))
+
+
+def _reset(fleet: Fleet) -> None:
+    for i in range(REPLICAS):
+        fleet.start_replica(i)
+        fleet.clear_faults(i)
+        fleet.set_faults(i, latency_s=LATENCY_S)
+    fleet.reset()
+
+
+def run_copy(
+    original: Path,
+    work: Path,
+    fleet: Fleet,
+    redis_url: str,
+    *,
+    faults: dict[int, dict[str, Any]] | None = None,
+    during: Callable[[Fleet], None] | None = None,
+    **settings: Any,
+) -> Outcome:
+    """Annotate a fresh copy of ``original`` under ``faults``; ``during`` runs beside it."""
+    redis.Redis.from_url(redis_url).flushall()
+    _reset(fleet)
+    for index, updates in (faults or {}).items():
+        fleet.set_faults(index, **updates)
+    root = work / "dataset"
+    shutil.copytree(original, root)
+    config = pipeline_config(fleet.urls, redis_url=redis_url, state_dir=work / "state", **settings)
+    box: list[AnnotateResult] = []
+    runner = threading.Thread(target=lambda: box.append(annotate(config, root, progress=False)))
+    runner.start()
+    try:
+        if during is not None:
+            during(fleet)
+    finally:
+        runner.join(timeout=200)
+        _reset(fleet)
+    assert box, "annotate did not return"
+    status = read_status(redis.Redis.from_url(redis_url), box[0].run_id)
+    return Outcome(box[0], root, status)
+
+
+def assert_valid(outcome: Outcome) -> None:
+    assert outcome.result.exit_code == 0, format_status(outcome.status)
+    assert outcome.status.committed
+    report = check_annotated_dataset(outcome.root)
+    assert report.errors == 0, [f for f in report.findings if f.severity == "error"][:5]
+
+
+@pytest.fixture(scope="module")
+def clean(
+    original: Path, fleet: Fleet, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    outcome = run_copy(original, tmp_path_factory.mktemp("clean"), fleet, redis_server.url)
+    assert_valid(outcome)
+    assert outcome.counter(":retries") == 0 and outcome.status.item_failures == 0
+    return output_hashes(outcome.root)
+
+
+def requests_made(fleet: Fleet) -> int:
+    return sum(int(fleet.stats(i)["requests_total"]) for i in range(REPLICAS))
+
+
+# --- faults a retry or the parser absorbs completely -------------------------------------
+
+
+ALL = range(REPLICAS)
+ABSORBED: dict[str, tuple[dict[int, dict[str, Any]], dict[str, Any]]] = {
+    "think_tags": ({i: {"think_tags": True} for i in ALL}, {}),
+    "prose_around_json": ({i: {"prose": True} for i in ALL}, {}),
+    "code_fences": ({i: {"fences": True} for i in ALL}, {}),
+    "all_three_wrappers": (
+        {i: {"think_tags": True, "prose": True, "fences": True} for i in ALL},
+        {},
+    ),
+    "http_500_on_one_replica": ({0: {"error_rate": 0.6}}, {}),
+    "http_503_on_two_replicas": (
+        {0: {"error_rate": 0.3, "error_status": 503}, 1: {"error_rate": 0.3}},
+        {},
+    ),
+    "http_429_throttling": ({1: {"error_rate": 0.5, "error_status": 429}}, {}),
+    "hangs_with_short_timeout": ({1: {"hang_rate": 0.3}}, {"timeout_s": 1.0}),
+    "dead_replica_from_the_start": ({2: {"dead": True}}, {}),
+}
+WRAPPERS = {"think_tags", "prose_around_json", "code_fences", "all_three_wrappers"}
+
+
+@pytest.mark.parametrize("case", sorted(ABSORBED))
+def test_absorbed_fault_gives_the_clean_result(
+    case: str,
+    original: Path,
+    fleet: Fleet,
+    clean: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    faults, vlm = ABSORBED[case]
+    settings: dict[str, Any] = {}
+    if vlm:
+        settings["vlm"] = {
+            "urls": fleet.urls,
+            "backoff_base_s": 0.05,
+            "backoff_max_s": 0.5,
+            **vlm,
+        }
+    outcome = run_copy(original, tmp_path, fleet, redis_url, faults=faults, **settings)
+    assert_valid(outcome)
+    assert output_hashes(outcome.root) == clean
+    assert outcome.status.item_failures == 0
+    if case in WRAPPERS:
+        # The parser strips the wrapping; no request needed a second try.
+        assert outcome.counter(":corrective_retries") == 0
+        assert outcome.counter(":retries") == 0
+    else:
+        assert outcome.counter(":retries") > 0, outcome.status.counters
+
+
+def test_hung_requests_are_seen_at_the_server(
+    original: Path, fleet: Fleet, clean: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    hung: list[int] = []
+
+    def count_hangs(f: Fleet) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not hung:
+            if f.stats(0)["hung"]:
+                hung.append(int(f.stats(0)["hung"]))
+            time.sleep(0.05)
+
+    outcome = run_copy(
+        original,
+        tmp_path,
+        fleet,
+        redis_url,
+        faults={0: {"hang_rate": 0.5}},
+        during=count_hangs,
+        vlm={"urls": fleet.urls, "timeout_s": 0.8, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
+    )
+    assert hung, "no request hung"
+    assert_valid(outcome)
+    assert output_hashes(outcome.root) == clean
+
+
+# --- faults that cost answers: the run completes, the losses are counted -------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "faults"),
+    [
+        ("wrong_shape_answers", {i: {"wrong_shape_rate": 0.3} for i in ALL}),
+        ("garbage_answers", {i: {"garbage_rate": 0.2} for i in ALL}),
+    ],
+)
+def test_unusable_answers_are_corrected_or_counted(
+    case: str,
+    faults: dict[int, dict[str, Any]],
+    original: Path,
+    fleet: Fleet,
+    clean: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    outcome = run_copy(original, tmp_path, fleet, redis_url, faults=faults)
+    assert_valid(outcome)
+    status = outcome.status
+    assert outcome.counter(":corrective_retries") > 0, status.counters
+    # Every item that stayed unusable after its corrective retry is one recorded failure.
+    assert status.item_failures == outcome.counter(":failures:bad_answer"), status.counters
+    assert sum(status.item_failure_kinds.values()) == status.item_failures
+    if status.item_failures:
+        assert "item failures" in format_status(status)
+    # A corrected answer differs from the clean one (its request differs), but only the
+    # shards were rewritten: everything else in the dataset is as it was.
+    before, after = file_hashes(original), file_hashes(outcome.root)
+    assert set(before) == set(after)
+    assert {k: v for k, v in after.items() if k not in clean} == {
+        k: v for k, v in before.items() if k not in clean
+    }
+
+
+# --- replicas dying and coming back -------------------------------------------------------
+
+
+def _after_requests(fleet: Fleet, count: int, timeout_s: float = 120) -> None:
+    wait_until(lambda: requests_made(fleet) >= count, timeout_s, "the run made no progress")
+
+
+def test_replica_dying_mid_run_costs_no_annotation(
+    original: Path, fleet: Fleet, clean: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    def kill_one(f: Fleet) -> None:
+        _after_requests(f, 8)
+        f.stop_replica(1)
+
+    outcome = run_copy(original, tmp_path, fleet, redis_url, during=kill_one)
+    assert_valid(outcome)
+    assert output_hashes(outcome.root) == clean
+    assert outcome.status.item_failures == 0
+
+
+def test_every_replica_down_for_a_while_then_back(
+    original: Path, fleet: Fleet, clean: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """All replicas stop for three seconds: requests back off, jobs that run out of attempts
+    are retried by rq, and the run completes with the clean result."""
+
+    def outage(f: Fleet) -> None:
+        _after_requests(f, 8)
+        for i in range(REPLICAS):
+            f.stop_replica(i)
+        time.sleep(3.0)
+        for i in range(REPLICAS):
+            f.start_replica(i)
+
+    outcome = run_copy(original, tmp_path, fleet, redis_url, during=outage)
+    assert_valid(outcome)
+    assert output_hashes(outcome.root) == clean
+    assert outcome.status.item_failures == 0
+
+
+def test_outage_with_no_job_retries_fails_cleanly_then_retry_failed_completes(
+    original: Path, fleet: Fleet, clean: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """With no rq retries, jobs caught by an outage fail; annotate exits 1 listing them.
+    Once the replicas are back, `retry-failed` plus a worker and a writer finish the run."""
+    down: list[bool] = []
+
+    def outage(f: Fleet) -> None:
+        _after_requests(f, 8)
+        for i in range(REPLICAS):
+            f.stop_replica(i)
+        down.append(True)
+
+    outcome = run_copy(
+        original,
+        tmp_path,
+        fleet,
+        redis_url,
+        during=outage,
+        job_retries=0,
+        vlm={"urls": fleet.urls, "max_attempts": 3, "backoff_base_s": 0.05, "backoff_max_s": 0.2},
+    )
+    # run_copy restarted the replicas after annotate returned.
+    assert down
+    assert outcome.result.exit_code == 1
+    failed = outcome.status.failed_jobs
+    assert failed and outcome.status.state == "failed"
+    assert all("VLMUnavailableError" in job.reason for job in failed), failed
+    assert not outcome.status.committed
+    assert output_hashes(outcome.root) == output_hashes(original)  # nothing written yet
+
+    conn = redis.Redis.from_url(redis_url)
+    assert retry_failed(conn, outcome.result.run_id) == len(failed)
+    config = pipeline_config(fleet.urls, redis_url=redis_url, state_dir=tmp_path / "state")
+    env = child_env(config, redis_url)
+    logs = tmp_path / "retry-logs"
+    with (
+        RoleProcess(["worker", "--workers", "1", "--jobs-per-worker", "2"], env, logs),
+        RoleProcess(["writer"], env, logs),
+    ):
+        wait_until(
+            lambda: read_status(conn, outcome.result.run_id).committed,
+            120,
+            "the retried jobs did not complete the run",
+        )
+    status = read_status(conn, outcome.result.run_id)
+    assert not status.failed_jobs
+    assert output_hashes(outcome.root) == clean
+    assert check_annotated_dataset(outcome.root).errors == 0
