@@ -43,9 +43,19 @@ class JobOptions:
 
 
 def module_job_data(
-    run_id: str, module: str, episode: int, module_hash: str, options: JobOptions
+    run_id: str,
+    module: str,
+    episode: int,
+    module_hash: str,
+    options: JobOptions,
+    *,
+    at_front: bool = False,
 ) -> Any:
-    """rq's enqueue data of one (episode, module) job, with its deterministic id."""
+    """rq's enqueue data of one (episode, module) job, with its deterministic id.
+
+    ``at_front`` puts the job at the head of the queue (a job whose input just became
+    ready, so its episode's data file is finished soon and the run does not end on a tail
+    of such jobs)."""
     return Queue.prepare_data(
         MODULE_JOB,
         args=(run_id, module, episode, module_hash),
@@ -54,6 +64,7 @@ def module_job_data(
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
         description=f"{module} episode {episode} (run {run_id})",
+        at_front=at_front,
         retry=Retry(max=options.job_retries, interval=list(options.retry_intervals_s))
         if options.job_retries
         else None,

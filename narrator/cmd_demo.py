@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from common.config import load_config
 from common.contract import EVENTS_COLUMN, PERSISTENT_COLUMN, row_from_dict, speech_text
+from common.dataset_check import check_annotated_dataset
 from narrator.local_run import annotate
 from narrator.sample_dataset import make_sample_dataset
 from narrator.simvlm.fleet import start_fleet
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summarise(root: Path, run_id: str) -> str:
+    """Counts by style, a few rows of the first episode, and the validator's verdict."""
     styles: Counter[str] = Counter()
     samples: list[str] = []
     frames = 0
@@ -71,29 +73,29 @@ def summarise(root: Path, run_id: str) -> str:
         pers = table.column(PERSISTENT_COLUMN).to_pylist()
         events = table.column(EVENTS_COLUMN).to_pylist()
         for ep, frame, p_rows, e_rows in zip(eps, fidx, pers, events, strict=True):
+            first = not episodes_seen
             if ep not in episodes_seen:
                 episodes_seen.add(ep)
                 for item in p_rows:
                     styles[item["style"]] += 1
-                    if len(samples) < 6 and item["style"] in ("subtask", "plan", "memory"):
+                    if first:
                         text = (item["content"] or "").replace("\n", " | ")
-                        samples.append(
-                            f"  ep {ep} t={item['timestamp']:.2f}s {item['style']}: {text}"
-                        )
+                        samples.append(f"  t={item['timestamp']:5.2f}s {item['style']:<12} {text}")
             for item in e_rows:
                 row = row_from_dict(item)
                 styles[row.style or "speech"] += 1
-                if len(samples) < 10 and (row.style is None or row.style == "vqa"):
+                if ep == min(episodes_seen) and len(samples) < 24:
                     text = speech_text(row) if row.style is None else row.content
-                    samples.append(
-                        f"  ep {ep} frame {frame} {row.style or 'speech'}"
-                        f"{'/' + row.camera if row.camera else ''} ({row.role}): {text}"
-                    )
+                    where = f"frame {frame:>3}"
+                    label = f"{row.style or 'speech (say)'}{'@' + row.camera if row.camera else ''}"
+                    samples.append(f"  {where} {label:<12} {row.role:>9}: {text}")
+    report = check_annotated_dataset(root)
     lines = [
         f"narrator demo: run {run_id} annotated {len(episodes_seen)} episodes, {frames} frames",
         f"dataset: {root}",
         "rows by style: " + ", ".join(f"{k}={v}" for k, v in sorted(styles.items())),
-        "a few rows:",
+        f"validate: {report.errors} error(s), {report.warnings} warning(s)",
+        f"episode {min(episodes_seen)} (persistent rows, then events):",
         *samples,
         "",
     ]

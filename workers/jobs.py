@@ -221,9 +221,10 @@ def _enqueue_interjections(run: RunRecord, episode: int) -> None:
             return
         existing.delete(remove_from_queue=True)
     options = JobOptions(job_timeout_s=run.job_timeout_s, job_retries=run.job_retries)
-    enqueue_module_jobs(
-        conn, [module_job_data(run.run_id, "interjections", episode, module_hash, options)]
-    )
+    # At the front: it runs next, so the file's shard is not held back until the queue of
+    # the whole run has drained, and the run does not end on a tail of low-fan-out jobs.
+    job = module_job_data(run.run_id, "interjections", episode, module_hash, options, at_front=True)
+    enqueue_module_jobs(conn, [job])
 
 
 def _enqueue_finalize(run_id: str, data_file: str, generation: str) -> None:
