@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from narrator.simvlm.vocabulary import ACTIONS, fill, leaf, phrase_for
+from narrator.simvlm.vocabulary import ACTIONS, fill, leaf, phrase_for, question_for_answer
 
 _COORD_NAME = re.compile(r"(bbox|box|point|coord|xy|^x\d?$|^y\d?$|^x_|^y_)", re.IGNORECASE)
 _START_NAME = re.compile(r"^(start|begin|first|from)", re.IGNORECASE)
@@ -250,6 +250,10 @@ def _object(
     if isinstance(props, dict):
         for key, sub in props.items():
             out[key] = generate_instance(sub, rng, ctx, f"{path}.{key}" if path else key)
+        # Like a model, ask a question that fits the answer it gives.
+        question = question_for_answer(props.get("answer"), rng) if "question" in props else None
+        if question is not None and isinstance(out.get("question"), str):
+            out["question"] = question
     for key in schema.get("required", []):
         if key not in out:
             out[key] = phrase_for(f"{path}.{key}" if path else key, rng)

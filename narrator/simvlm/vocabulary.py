@@ -66,12 +66,31 @@ QUESTIONS = (
     "What colour is the {o}?",
     "Is the {o} left of the bowl?",
 )
+# A question that fits the answer shape asked for (keyed by a property only that shape has).
+QUESTIONS_BY_ANSWER_KEY = {
+    "detections": ("Where are the objects on the table?", "Find every {o} in the image."),
+    "point": ("Point at the {o}.", "Where should the gripper touch the {o}?"),
+    "count": ("How many objects are on the table?", "How many {o}s can you see?"),
+    "attribute": ("What colour is the {o}?", "What is the {o} made of?"),
+    "relation": ("Where is the {o} relative to the bowl?", "Is the {o} left of the plate?"),
+}
 ATTRIBUTES = ("color", "shape", "material", "size", "state")
 VALUES = ("red", "blue", "round", "plastic", "small", "open", "closed", "wooden", "green")
 
 
 def fill(template: str, rng: random.Random) -> str:
     return template.format(o=rng.choice(OBJECTS))
+
+
+def question_for_answer(answer_schema: object, rng: random.Random) -> str | None:
+    """A question matching the answer object's shape, if the shape is a known VQA one."""
+    props = answer_schema.get("properties") if isinstance(answer_schema, dict) else None
+    if not isinstance(props, dict):
+        return None
+    for key, questions in QUESTIONS_BY_ANSWER_KEY.items():
+        if key in props:
+            return fill(rng.choice(questions), rng)
+    return None
 
 
 def leaf(path: str) -> str:
