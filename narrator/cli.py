@@ -22,20 +22,21 @@ from narrator.options import add_annotation_flags, add_connection_flags, config_
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
-    from narrator.local_run import annotate
+    from narrator.local_run import AnnotateResult, annotate
     from narrator.serve import ServeSpec, start_replicas
 
     config = config_from_args(args)
+    progress = not args.no_progress
+    result: AnnotateResult
     if args.serve:
         spec = ServeSpec.parse(args.serve)
         with start_replicas(spec.argv, replicas=args.replicas, base_port=args.serve_port) as group:
-            config = config.model_copy(
-                update={"vlm": config.vlm.model_copy(update={"urls": tuple(group.urls)})}
-            )
-            return annotate(config, args.root, progress=not args.no_progress).exit_code
-    if not config.vlm.urls:
+            vlm = config.vlm.model_copy(update={"urls": tuple(group.urls)})
+            result = annotate(config.model_copy(update={"vlm": vlm}), args.root, progress=progress)
+    elif not config.vlm.urls:
         raise ConfigError("give --vlm-url URL (a running server) or --serve 'vllm serve MODEL'")
-    result = annotate(config, args.root, progress=not args.no_progress)
+    else:
+        result = annotate(config, args.root, progress=progress)
     if result.exit_code == 0 and result.status is not None:
         sys.stdout.write(f"run {result.run_id} done: {result.status.files_total} shards written\n")
     return result.exit_code
