@@ -23,14 +23,21 @@ from narrator.options import add_annotation_flags, add_connection_flags, config_
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from narrator.local_run import AnnotateResult, annotate
-    from narrator.serve import ServeSpec, start_replicas
+    from narrator.serve import ServeSpec, detect_gpus, start_replicas
 
     config = config_from_args(args)
     progress = not args.no_progress
     result: AnnotateResult
     if args.serve:
         spec = ServeSpec.parse(args.serve)
-        with start_replicas(spec.argv, replicas=args.replicas, base_port=args.serve_port) as group:
+        gpus = detect_gpus()
+        replicas = args.replicas or max(len(gpus), 1)
+        with start_replicas(
+            spec.argv,
+            replicas=replicas,
+            base_port=args.serve_port,
+            gpus=gpus if len(gpus) >= replicas else None,
+        ) as group:
             vlm = config.vlm.model_copy(update={"urls": tuple(group.urls)})
             result = annotate(config.model_copy(update={"vlm": vlm}), args.root, progress=progress)
     elif not config.vlm.urls:
@@ -120,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (default 2)")
     p.add_argument("--jobs-per-worker", type=int, help="concurrent jobs per process (4)")
     p.add_argument("--serve", help="start vLLM replicas: 'vllm serve MODEL [ARGS]'")
-    p.add_argument("--replicas", type=int, default=1, help="replicas for --serve (one per GPU)")
+    p.add_argument(
+        "--replicas", type=int, help="replicas for --serve (default: one per visible GPU)"
+    )
     p.add_argument("--serve-port", type=int, default=8000, help="first port for --serve")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_annotate)

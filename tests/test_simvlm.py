@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import orjson
 import pytest
 from PIL import Image

@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
