@@ -108,8 +108,11 @@ class NarratorConfig(_Model):
     vlm: VLMSettings = VLMSettings()
     annotation: AnnotationSettings = AnnotationSettings()
     workers: int = Field(default=2, ge=1, description="worker processes")
+    # 16: a job keeps about 1.75 requests in flight on average (its requests are partly
+    # sequential), so 2 processes x 16 jobs keep ~56 requests at the replicas, enough to fill
+    # ~45 slots; 2 x 4 left 16 slots only 90% busy (tests/bench/bench_saturation.py).
     jobs_per_worker: int = Field(
-        default=4, ge=1, le=64, description="jobs one worker process runs at once"
+        default=16, ge=1, le=64, description="jobs one worker process runs at once"
     )
     job_timeout_s: int = Field(default=1800, ge=10)
     job_retries: int = Field(default=3, ge=0)

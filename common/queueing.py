@@ -1,28 +1,49 @@
-"""rq queue handles and the finalize job, shared by the producer and the workers.
+"""rq plumbing shared by the roles: queue handles, the finalize job, the job and worker classes.
 
 Invariants: every queue uses rq's JSON serializer (a pickled job payload cannot be
 deserialized, so it is refused rather than executed); job functions are named by dotted
 path so roles do not import each other.
+
+Dead workers: rq's ``SimpleWorker`` does not heartbeat while a job runs, so its
+StartedJobRegistry entry lives ``job timeout + 60 s`` and a worker killed mid-job (SIGKILL,
+OOM) would hold its job for half an hour. :class:`HeartbeatWorker` keeps the entry short
+(:data:`EXECUTION_TTL_S`) and renews it from a side thread while the job runs; once a dead
+worker's entry expires, the next registry maintenance of any live worker (every
+:data:`MAINTENANCE_INTERVAL_S`) treats the job as abandoned, and rq 3 then retries it if it
+has retries left (scheduled after its retry interval) or moves it to the FailedJobRegistry
+(``AbandonedJobError``), where ``narrator retry-failed`` or a re-run picks it up.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from rq import Queue, Retry
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker, WorkerStatus
 
 from common import keys
 from common.errors import PermanentError
+from common.logging import get_logger
+
+log = get_logger(__name__)
 
 MODULE_JOB = "workers.jobs.run_module"
 ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 FINALIZE_JOB = "writer.finalize.finalize_file"
 FINALIZE_TIMEOUT_S = 3600
+EXECUTION_TTL_S = 20  # a running job whose worker stops heartbeating is abandoned after this
+HEARTBEAT_INTERVAL_S = 4.0  # how often a running job's registry entry is renewed
+MAINTENANCE_INTERVAL_S = 10  # how often a worker looks for abandoned jobs
+IDLE_WORKER_TTL_S = 20  # idle dequeue wait = this - 15 s, so maintenance runs that often
+REDIS_WAIT_MAX_S = 10.0  # longest pause between pings while Redis is away
 
 
 def module_queue(conn: redis.Redis) -> Queue:
@@ -65,10 +86,19 @@ def module_job_data(
         failure_ttl=7 * 24 * 3600,
         description=f"{module} episode {episode} (run {run_id})",
         at_front=at_front,
-        retry=Retry(max=options.job_retries, interval=list(options.retry_intervals_s))
+        retry=Retry(max=options.job_retries, interval=retry_intervals(options))
         if options.job_retries
         else None,
     )
+
+
+def retry_intervals(options: JobOptions) -> list[int]:
+    """The waits before retry 1, 2, ... of a module job.
+
+    rq takes a job's interval from the *end* of the list (``intervals[len - retries_left]``),
+    so the list is cut to the retry count: one retry waits the first interval, not the last.
+    """
+    return list(options.retry_intervals_s[: options.job_retries])
 
 
 def enqueue_module_jobs(conn: redis.Redis, batch: Sequence[Any]) -> None:
@@ -114,3 +144,59 @@ class PermanentAwareJob(Job):
         if not self.func:
             raise ValueError("cannot execute job: function is None")
         return self.func(*self.args, **self.kwargs)
+
+
+class HeartbeatWorker(SimpleWorker):
+    """A SimpleWorker whose running jobs stay visibly alive, so dead peers are found fast."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL_S)
+        kwargs.setdefault("worker_ttl", IDLE_WORKER_TTL_S)
+        super().__init__(*args, **kwargs)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return EXECUTION_TTL_S
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            self._execute_with_heartbeat(job, queue)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Redis went away while the job ran, so rq could not record how it ended (rq
+            # would stop this worker). The job's registry entry lapses once Redis is back
+            # and the abandoned-job path retries it; this worker waits and carries on.
+            log.warning("lost Redis during a job; it will be retried", job=job.id, error=str(exc))
+            self._wait_for_redis()
+
+    def _wait_for_redis(self) -> None:
+        delay = 0.5
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+                return
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(delay)
+                delay = min(delay * 2, REDIS_WAIT_MAX_S)
+
+    def _execute_with_heartbeat(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+        beat = threading.Thread(
+            target=self._beat_while_running,
+            args=(job, execution, done),
+            name=f"heartbeat-{job.id}",
+            daemon=True,
+        )
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat_while_running(self, job: Job, execution: Execution, done: threading.Event) -> None:
+        while not done.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as exc:  # Redis away for a moment: try again next beat
+                log.warning("job heartbeat failed", job=job.id, error=str(exc))

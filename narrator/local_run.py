@@ -30,7 +30,7 @@ from rq.worker import Worker
 from tqdm import tqdm
 
 from common.config import NarratorConfig
-from common.dataset import load_dataset_meta
+from common.dataset import check_language_columns, load_dataset_meta
 from common.errors import ConfigError, VLMUnavailableError
 from common.logging import get_logger
 from common.prompts import load_prompts
@@ -44,6 +44,7 @@ from workers.vlm_client import VLMClient
 log = get_logger(__name__)
 
 STALL_GRACE_S = 3.0
+REDIS_LOST_GRACE_S = 60.0  # how long the progress loop waits for an unreachable Redis
 
 
 @dataclass
@@ -140,6 +141,7 @@ def annotate(
 ) -> AnnotateResult:
     root = Path(root).resolve()
     meta = load_dataset_meta(root)  # fail early, with the file and the problem
+    check_language_columns(meta)  # language columns of an older schema: refuse, say which
     state_dir = Path(config.state_dir or default_state_dir(root))
     prompts = load_prompts(config.prompt_dir)
     with ExitStack() as stack:
@@ -196,9 +198,20 @@ def _watch(
     total = status.jobs_total + status.files_total
     bar = tqdm(total=total, disable=not progress, unit="step", desc=f"run {run_id}")
     stalled_since: float | None = None
+    redis_lost_since: float | None = None
     try:
         while True:
-            status = read_status(conn, run_id)
+            try:
+                status = read_status(conn, run_id)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Redis restarting (it keeps its data on disk): wait for it a while.
+                redis_lost_since = redis_lost_since or time.monotonic()
+                if time.monotonic() - redis_lost_since > REDIS_LOST_GRACE_S:
+                    raise
+                log.warning("redis unreachable; waiting for it", error=str(exc))
+                time.sleep(poll_s)
+                continue
+            redis_lost_since = None
             bar.n = status.jobs_done + status.files_staged
             bar.set_postfix_str(
                 f"files {status.files_staged}/{status.files_total} "

@@ -26,7 +26,7 @@ from rq.worker import Worker
 
 from common import keys
 from common.config import AnnotationSettings
-from common.dataset import DatasetMeta, load_dataset_meta
+from common.dataset import DatasetMeta, check_language_columns, load_dataset_meta
 from common.logging import get_logger
 from common.prompts import PromptSet
 from common.queueing import (
@@ -76,6 +76,7 @@ def enqueue_run(
     options = options or JobOptions()
     root = Path(root).resolve()
     meta = meta or load_dataset_meta(root)
+    check_language_columns(meta)
     run_id = compute_run_id(root, meta.fingerprint())
     module_hashes = compute_module_hashes(settings, prompts, model)
     generation = generation_of(module_hashes)

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -52,6 +53,19 @@ def _edit_table(path: Path, edit: Callable[[pa.Table], pa.Table]) -> None:
 def _replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     index = table.column_names.index(name)
     return table.set_column(index, pa.field(name, values.type), values)
+
+
+def _edit_info(root: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    path = root / "meta/info.json"
+    info = json.loads(path.read_text(encoding="utf-8"))
+    edit(info)
+    path.write_text(json.dumps(info, indent=4), encoding="utf-8")
+
+
+def _edit_values(table: pa.Table, name: str, edit: Callable[[list[Any]], None]) -> pa.Table:
+    values = table.column(name).to_pylist()
+    edit(values)
+    return _replace_column(table, name, pa.array(values, table.column(name).type))
 
 
 def _episodes_in(path: Path) -> list[int]:
@@ -125,6 +139,45 @@ def episode_length_mismatch(good: Path, bad: Path) -> Expected:
     return Expected(EPISODES, "dataset_to_index - dataset_from_index")
 
 
+def info_json_without_fps(good: Path, bad: Path) -> Expected:
+    _edit_info(_copy(good, bad), lambda info: info.pop("fps"))
+    return Expected("meta/info.json", "missing required key(s) ['fps']")
+
+
+def non_positive_fps(good: Path, bad: Path) -> Expected:
+    _edit_info(_copy(good, bad), lambda info: info.update(fps=0))
+    return Expected("meta/info.json", "fps must be a positive number")
+
+
+def info_json_not_an_object(good: Path, bad: Path) -> Expected:
+    (_copy(good, bad) / "meta/info.json").write_text("[10, 20]", encoding="utf-8")
+    return Expected("meta/info.json", "must hold a JSON object at top level")
+
+
+def camera_with_bad_shape(good: Path, bad: Path) -> Expected:
+    _edit_info(_copy(good, bad), lambda info: info["features"][TOP].update(shape=[3]))
+    return Expected("meta/info.json", f"camera '{TOP}' needs a shape of three positive integers")
+
+
+def camera_without_video_columns(good: Path, bad: Path) -> Expected:
+    """info.json declares a camera the episodes table has no video columns for."""
+    ghost = "observation.images.ghost"
+    _edit_info(
+        _copy(good, bad), lambda info: info["features"].update({ghost: info["features"][TOP]})
+    )
+    return Expected(EPISODES, f"missing required column(s) ['videos/{ghost}/chunk_index'")
+
+
+def duplicate_episode_row(good: Path, bad: Path) -> Expected:
+    def repeat_first(values: list[Any]) -> None:
+        values[1] = values[0]
+
+    _edit_table(
+        _copy(good, bad) / EPISODES, lambda t: _edit_values(t, "episode_index", repeat_first)
+    )
+    return Expected(EPISODES, "lists episode 0 more than once")
+
+
 # --- data files ----------------------------------------------------------------------------
 
 
@@ -181,6 +234,41 @@ def episode_missing_from_table(good: Path, bad: Path) -> Expected:
     return Expected(FIRST_DATA, f"episode {victim}, which is missing from the episodes table")
 
 
+def missing_data_file(good: Path, bad: Path) -> Expected:
+    (_copy(good, bad) / SECOND_DATA).unlink()
+    return Expected(SECOND_DATA, "data file is missing")
+
+
+def episode_index_as_text(good: Path, bad: Path) -> Expected:
+    def to_text(table: pa.Table) -> pa.Table:
+        return _replace_column(
+            table, "episode_index", table.column("episode_index").cast(pa.string())
+        )
+
+    _edit_table(_copy(good, bad) / FIRST_DATA, to_text)
+    return Expected(FIRST_DATA, "column 'episode_index' has type string but must be an integer")
+
+
+def unknown_task_index(good: Path, bad: Path) -> Expected:
+    """One frame of episode 0 names a task that meta/tasks.parquet does not list."""
+
+    def point_nowhere(values: list[Any]) -> None:
+        values[3] = 99
+
+    _edit_table(
+        _copy(good, bad) / FIRST_DATA, lambda t: _edit_values(t, "task_index", point_nowhere)
+    )
+    return Expected(FIRST_DATA, "episode 0 uses task_index [99] that meta/tasks.parquet")
+
+
+def frame_index_gap(good: Path, bad: Path) -> Expected:
+    def skip(values: list[Any]) -> None:
+        values[3] += 100
+
+    _edit_table(_copy(good, bad) / FIRST_DATA, lambda t: _edit_values(t, "frame_index", skip))
+    return Expected(FIRST_DATA, "frame_index of episode 0 must count 0..")
+
+
 def legacy_language_columns(good: Path, bad: Path) -> Expected:
     """Language columns of an older schema (float64 timestamps, no camera, no tool calls)."""
     root = _copy(good, bad)
@@ -188,7 +276,7 @@ def legacy_language_columns(good: Path, bad: Path) -> Expected:
     old_persistent = pa.list_(pa.struct([*old_row, pa.field("timestamp", pa.float64())]))
     for path in sorted((root / "data").rglob("*.parquet")):
         table = pq.read_table(path)
-        empty = [[] for _ in range(table.num_rows)]
+        empty: list[list[Any]] = [[] for _ in range(table.num_rows)]
         table = table.append_column(
             pa.field("language_persistent", old_persistent), pa.array(empty, old_persistent)
         )
@@ -227,10 +315,32 @@ def video_shorter_than_episodes(good: Path, bad: Path) -> Expected:
     path = _copy(good, bad) / rel
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        assert stream.average_rate is not None, f"{path} declares no frame rate"
         fps = int(stream.average_rate)
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     write_video(path, frames[:-10], fps=fps, codec=pick_codec())
     return Expected(rel, "video is shorter than the episodes table says")
+
+
+def empty_video_file(good: Path, bad: Path) -> Expected:
+    rel = f"videos/{TOP}/chunk-000/file-000.mp4"
+    (_copy(good, bad) / rel).write_bytes(b"")
+    return Expected(rel, "cannot be opened as a video")
+
+
+def video_span_past_the_end(good: Path, bad: Path) -> Expected:
+    """The episodes table places episode 0's top-camera frames far beyond the video's end."""
+
+    def shift(values: list[Any]) -> None:
+        values[0] += 1000.0
+
+    def move(table: pa.Table) -> pa.Table:
+        for name in ("from_timestamp", "to_timestamp"):
+            table = _edit_values(table, f"videos/{TOP}/{name}", shift)
+        return table
+
+    _edit_table(_copy(good, bad) / EPISODES, move)
+    return Expected(f"videos/{TOP}/chunk-000/file-000.mp4", "has no frame at 1000")
 
 
 CASES: dict[str, Callable[[Path, Path], Expected]] = {
@@ -238,21 +348,33 @@ CASES: dict[str, Callable[[Path, Path], Expected]] = {
     for f in (
         missing_info_json,
         invalid_info_json,
+        info_json_not_an_object,
+        info_json_without_fps,
+        non_positive_fps,
+        camera_with_bad_shape,
+        camera_without_video_columns,
         missing_tasks_parquet,
         missing_episodes_parquet,
         non_utf8_task_text,
         missing_required_column,
         undeclared_camera,
         episode_length_mismatch,
+        duplicate_episode_row,
         truncated_data_parquet,
+        missing_data_file,
         missing_data_column,
         wrong_timestamp_dtype,
+        episode_index_as_text,
         non_monotonic_timestamps,
+        frame_index_gap,
+        unknown_task_index,
         episode_split_across_files,
         episode_missing_from_table,
         legacy_language_columns,
         missing_video_file,
+        empty_video_file,
         undecodable_video,
         video_shorter_than_episodes,
+        video_span_past_the_end,
     )
 }

@@ -291,6 +291,10 @@ def test_every_replica_down_for_a_while_then_back(
     assert_valid(outcome)
     assert output_hashes(outcome.root) == clean
     assert outcome.status.item_failures == 0
+    # The outage was felt: requests were retried, or jobs ran out of attempts and rq
+    # retried them (their failed attempts are in the worker log).
+    worker_log = (tmp_path / "state" / "logs" / "worker.log").read_text()
+    assert outcome.counter(":retries") > 0 or "VLMUnavailableError" in worker_log
 
 
 def test_outage_with_no_job_retries_fails_cleanly_then_retry_failed_completes(

@@ -2,10 +2,13 @@
 them as JPEG data URLs within a pixel budget.
 
 Invariants:
-* :func:`decode_video_frames` makes one pass per call: it seeks once (backward, to a keyframe
-  at or before the earliest requested time minus one frame) and decodes forward, never going
-  back. Each requested time gets the frame whose presentation time is nearest; a tie goes to
-  the earlier frame. Results come back in the order the times were asked for.
+* :func:`decode_video_frames` serves the requested times in time order: it seeks (to a
+  keyframe at or before the earliest time minus one frame) and decodes forward. When the next
+  time is more than twice the widest keyframe spacing seen so far ahead (sparse samples of a
+  video with frequent keyframes, as LeRobot encodes them), it seeks ahead to that time instead
+  of decoding every frame in between. Each requested time gets the frame whose presentation
+  time is nearest; a tie goes to the earlier frame. Results come back in the order the times
+  were asked for; a frame chosen for several times is converted to an image once.
 * A time past the end of the stream (more than half a frame after its last frame), a negative
   time, or a file that cannot be opened or decoded raises
   :class:`~common.errors.VideoDecodeError` naming the file and the time.
@@ -38,6 +41,7 @@ from common.errors import DatasetError, VideoDecodeError
 _TIME_EPSILON_S = 1e-6
 _TIE_EPSILON_S = 1e-9  # distances this close are a tie (decimal midpoints are inexact in binary)
 _FALLBACK_FRAME_S = 1 / 30
+_SEEK_STEP_BACK_S = 0.5  # first step back when a seek lands too late (doubles)
 
 
 @dataclass(frozen=True)
@@ -84,31 +88,70 @@ def _decode_nearest(
     stream.thread_type = "AUTO"
     order = sorted(range(len(timestamps_s)), key=lambda i: timestamps_s[i])
     frame_s = _frame_duration_s(stream)
-    chosen: list[Any] = [None] * len(timestamps_s)
+    images: list[Image.Image] = []  # each chosen frame converted once, when it is chosen
+    chosen: list[int] = [-1] * len(timestamps_s)  # index into ``images`` per requested time
     pending = 0  # position in ``order`` of the next time to serve
-    previous: tuple[float, Any] | None = None
+    previous: tuple[float, Any, int] | None = None  # (time, frame, index in images or -1)
     last_gap_s = frame_s
-    seek_s = max(0.0, timestamps_s[order[0]] - frame_s)
+    keyframe_gap_s: float | None = None  # the widest keyframe spacing seen so far
+    seek_s: float | None = max(0.0, timestamps_s[order[0]] - frame_s)
+
+    def image_of(entry: tuple[float, Any, int]) -> tuple[float, Any, int]:
+        if entry[2] >= 0:
+            return entry
+        images.append(entry[1].to_image())
+        return (entry[0], entry[1], len(images) - 1)
+
+    step_back_s = _SEEK_STEP_BACK_S
+    seek_ahead = True  # off once a seek landed late: reordered (B-)frames make seeks costly
+    passes = 0
     try:
-        if seek_s > 0:
-            offset = int(seek_s / float(stream.time_base))
-            container.seek(offset, stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            if frame.time is None:
-                continue
-            now = float(frame.time)
-            while pending < len(order) and timestamps_s[order[pending]] <= now + _TIME_EPSILON_S:
-                target = timestamps_s[order[pending]]
-                use_previous = (
-                    previous is not None and target - previous[0] <= now - target + _TIE_EPSILON_S
-                )
-                chosen[order[pending]] = previous[1] if use_previous and previous else frame
-                pending += 1
-            if pending == len(order):
-                break
-            if previous is not None:
-                last_gap_s = max(now - previous[0], _TIME_EPSILON_S)
-            previous = (now, frame)
+        while seek_s is not None:
+            start_s, seek_s, previous, last_key_s = seek_s, None, None, None
+            if start_s > 0 or passes > 0:
+                offset = int(start_s / float(stream.time_base))
+                container.seek(offset, stream=stream, backward=True, any_frame=False)
+            passes += 1
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                now = float(frame.time)
+                if previous is None and start_s > 0 and now > start_s + _TIME_EPSILON_S:
+                    # Landed after the seek point (with B-frames a keyframe's decode time can
+                    # precede its presentation time): seek further back, or the frame just
+                    # before the next time would be missed.
+                    seek_s, step_back_s = max(0.0, start_s - step_back_s), 2 * step_back_s
+                    seek_ahead = False
+                    break
+                if frame.key_frame:
+                    if last_key_s is not None:
+                        keyframe_gap_s = max(keyframe_gap_s or 0.0, now - last_key_s)
+                    last_key_s = now
+                current: tuple[float, Any, int] = (now, frame, -1)
+                while (
+                    pending < len(order) and timestamps_s[order[pending]] <= now + _TIME_EPSILON_S
+                ):
+                    target = timestamps_s[order[pending]]
+                    if previous is not None and (
+                        target - previous[0] <= now - target + _TIE_EPSILON_S
+                    ):
+                        previous = image_of(previous)
+                        chosen[order[pending]] = previous[2]
+                    else:
+                        current = image_of(current)
+                        chosen[order[pending]] = current[2]
+                    pending += 1
+                if pending == len(order):
+                    break
+                if previous is not None:
+                    last_gap_s = max(now - previous[0], _TIME_EPSILON_S)
+                previous = current
+                # Sparse times (a job's 1 Hz samples): when a keyframe must lie between this
+                # frame and the next time, seek to it instead of decoding every frame between.
+                ahead_s = timestamps_s[order[pending]] - frame_s
+                if seek_ahead and keyframe_gap_s and ahead_s - now > 2 * keyframe_gap_s:
+                    seek_s = ahead_s
+                    break
     except av.FFmpegError as exc:
         raise VideoDecodeError(
             path,
@@ -124,13 +167,10 @@ def _decode_nearest(
                 f"has no frame at {target:.3f} s: {end}. The video is shorter than the "
                 "episodes table says; restore the video or fix the table's timestamps",
             )
-        chosen[order[pending]] = previous[1]
+        previous = image_of(previous)
+        chosen[order[pending]] = previous[2]
         pending += 1
-    images: dict[int, Image.Image] = {}  # a frame chosen for several times converts once
-    for frame in chosen:
-        if id(frame) not in images:
-            images[id(frame)] = frame.to_image()
-    return [images[id(frame)] for frame in chosen]
+    return [images[i] for i in chosen]
 
 
 # --- encoding ------------------------------------------------------------------------------

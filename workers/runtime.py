@@ -26,12 +26,11 @@ import redis
 import redis.asyncio as aredis
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
-from rq.worker import SimpleWorker
 
 from common.config import NarratorConfig
 from common.dataset import DatasetMeta, load_dataset_meta
 from common.errors import ConfigError
-from common.queueing import PermanentAwareJob
+from common.queueing import HeartbeatWorker, PermanentAwareJob
 from workers.vlm_client import VLMClient
 
 T = TypeVar("T")
@@ -144,8 +143,9 @@ class NarratorJob(PermanentAwareJob):
         return result
 
 
-class NarratorWorker(SimpleWorker):
-    """A SimpleWorker (jobs run in this process, so the loop and client persist)."""
+class NarratorWorker(HeartbeatWorker):
+    """A SimpleWorker (jobs run in this process, so the loop and client persist) that
+    heartbeats while a job runs (see :class:`~common.queueing.HeartbeatWorker`)."""
 
     def teardown(self) -> None:
         try:
@@ -154,7 +154,7 @@ class NarratorWorker(SimpleWorker):
             super().teardown()  # type: ignore[no-untyped-call]
 
 
-class ThreadedNarratorWorker(SimpleWorker):
+class ThreadedNarratorWorker(HeartbeatWorker):
     """One of several rq workers in threads of one process, sharing its runtime.
 
     Signals are handled by the process (see :mod:`workers.main`), timeouts by a timer

@@ -4,7 +4,8 @@ The commit is driven by a journal (``COMMIT.json`` in the run's staging director
 atomically before anything in the dataset changes. It lists the shards to swap in and holds
 the complete new ``meta/info.json`` text. Applying it is idempotent: a shard still in
 staging is renamed over the original (same filesystem, ``os.replace``), one already moved is
-skipped, then info.json is written atomically and the journal removed. A writer that dies
+skipped, then info.json is written atomically (temp files of an interrupted earlier attempt
+are removed, so nothing is left in ``meta/``) and the journal removed. A writer that dies
 anywhere in between finishes the job on its next start (:func:`resume_commits`).
 """
 
@@ -20,7 +21,7 @@ import orjson
 from common.contract import LANGUAGE_COLUMNS, LANGUAGE_FEATURE, LEGACY_SUBTASK_COLUMN, SAY_TOOL
 from common.errors import DatasetError
 from common.logging import get_logger
-from writer.shard import fsync_path, write_bytes_atomically
+from writer.shard import fsync_path, remove_stale_temp_files, write_bytes_atomically
 
 log = get_logger(__name__)
 
@@ -75,7 +76,10 @@ def apply_journal(root: Path, stage: Path) -> None:
             fsync_path(target.parent)
         elif not target.exists():
             raise DatasetError(target, "neither the staged nor the original shard exists")
-    write_bytes_atomically(root / "meta" / "info.json", payload["info_json"].encode("utf-8"))
+    info_path = root / "meta" / "info.json"
+    write_bytes_atomically(info_path, payload["info_json"].encode("utf-8"))
+    # A writer killed inside an earlier attempt of this write left its temp file in meta/.
+    remove_stale_temp_files(info_path)
     journal.unlink()
     fsync_path(stage)
     shutil.rmtree(stage, ignore_errors=True)

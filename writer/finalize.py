@@ -36,6 +36,7 @@ from common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERROR
 from common.runs import RunRecord, load_run, load_run_files, text
 from common.staging import ModuleResult, StagedRow
 from common.validation import Finding, validate_episode
+from writer.cleanup import forget_finished_jobs
 from writer.commit import commit, resume_commits, stage_dir
 from writer.merge import kept_rows
 from writer.shard import EpisodeRange, build_language_columns, rewrite_shard
@@ -128,7 +129,9 @@ def maybe_commit(conn: redis.Redis, run: RunRecord) -> bool:
         commit(run.root, stage_dir(run.staging_dir, run.run_id, run.generation), list(files))
         conn.set(keys.committed(run.run_id), run.generation)
         conn.hset(keys.run(run.run_id), "committed_at", repr(time.time()))
-        return True
+    # Outside the lock: the commit is done; this only frees Redis memory (best effort).
+    forget_finished_jobs(conn, run, files)
+    return True
 
 
 def resume_interrupted(conn: redis.Redis, run: RunRecord) -> bool:

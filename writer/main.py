@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import redis
 from rq.serializers import JSONSerializer
-from rq.worker import SimpleWorker
 
 from common import keys
 from common.config import NarratorConfig
 from common.errors import ConfigError
 from common.logging import get_logger
 from common.metrics import start_metrics_server
-from common.queueing import PermanentAwareJob
+from common.queueing import HeartbeatWorker, PermanentAwareJob
 from common.runs import load_run, text
 from writer.finalize import resume_interrupted
 
@@ -47,7 +46,7 @@ def run_writer(config: NarratorConfig, *, burst: bool = False) -> None:
     conn = redis.Redis.from_url(url)
     recovered = recover(conn)
     log.info("writer starting", recovered_commits=recovered)
-    worker = SimpleWorker(
+    worker = HeartbeatWorker(
         [keys.WRITER_QUEUE],
         connection=conn,
         serializer=JSONSerializer,

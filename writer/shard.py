@@ -149,7 +149,7 @@ def rewrite_shard(src: Path, dst: Path, persistent_col: pa.Array, events_col: pa
     schema = output_schema(pf.schema_arrow)
     keep = [f.name for f in schema if f.name not in LANGUAGE_COLUMNS]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = _temp_path(dst)
     try:
         with pq.ParquetWriter(
             tmp,
@@ -182,8 +182,21 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_temp_files(path: Path) -> int:
+    """Delete the temp files that atomic writes of ``path`` left when their process was
+    killed before the rename; returns how many."""
+    stale = list(path.parent.glob(f".{path.name}.tmp-*"))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_bytes_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temp_path(path)
     with tmp.open("wb") as fh:
         fh.write(data)
         fh.flush()

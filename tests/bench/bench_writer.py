@@ -1,0 +1,221 @@
+"""Writer: rewriting a data shard of >= 100k frames against a plain pyarrow read + write.
+
+The shard is one generated data file (metadata-only dataset, ~850 episodes of 100-140 frames;
+quick: ~170 episodes). It is measured in two row-group layouts: as generated (32-row groups,
+the worst case for per-group overhead) and with 1000-row groups (what ``datasets`` writes).
+Each measurement runs in a fresh Python process (``--child``) so its peak RSS is its own:
+
+* ``plain``: ``pq.read_table`` + ``pq.write_table`` with the same codec and group size;
+* ``rewrite``: :func:`writer.shard.build_language_columns` (from per-episode rows prepared
+  before the clock starts: ~11 persistent rows and ~27 event rows per episode, like a real
+  run) + :func:`writer.shard.rewrite_shard`.
+
+Reported per layout: median wall time of each (limit: rewrite <= 1.5 x plain), and peak
+memory of the rewrite above the child's baseline against the shard's in-memory (Arrow) size
+after the rewrite (limit <= 2 x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from common.contract import LanguageRow, say_tool_call
+from tests.bench.report import main_for
+from tests.bench.support import (
+    BenchContext,
+    BenchResult,
+    current_rss_bytes,
+    measure_in_fresh_process,
+    median,
+    peak_rss_bytes,
+    sample_dataset,
+)
+
+NAME = "writer"
+MODULE = "tests.bench.bench_writer"
+LAYOUTS = {"as generated (32-row groups)": 0, "1000-row groups": 1000}
+CAMERAS = ("observation.images.top", "observation.images.wrist")
+
+
+# --- synthetic annotations (pure) -----------------------------------------------------------
+
+
+def episode_rows(
+    episode: int, timestamps: list[float]
+) -> tuple[list[LanguageRow], dict[int, list[LanguageRow]]]:
+    """Rows of one episode shaped like a real run's: subtasks, plan, memory, rephrasings, an
+    interjection with its reply and plan, and vqa pairs per camera at 0.5 Hz."""
+    n = len(timestamps)
+    starts = [0, n // 4, n // 2, 3 * n // 4]
+    persistent = [
+        LanguageRow("assistant", f"grasp the sponge {episode}.{i} by its handle", "subtask",
+                    timestamps[s], None, None)
+        for i, s in enumerate(starts)
+    ]  # fmt: skip
+    persistent += [
+        LanguageRow("assistant", f"remember: {i} bowls placed, {episode} left to wipe", "memory",
+                    timestamps[s], None, None)
+        for i, s in enumerate(starts[1:])
+    ]  # fmt: skip
+    steps = "1. reach the sponge\n2. grasp it\n3. wipe the table\n4. put it back"
+    persistent.append(LanguageRow("assistant", steps, "plan", timestamps[0], None, None))
+    persistent.append(LanguageRow("assistant", steps, "plan", timestamps[starts[2]], None, None))
+    persistent += [
+        LanguageRow("user", f"please wipe the table, version {i}", "task_aug", timestamps[0],
+                    None, None)
+        for i in range(2)
+    ]  # fmt: skip
+    persistent.sort(key=lambda r: (r.timestamp or 0.0, r.style or "", r.role))
+    events: dict[int, list[LanguageRow]] = {
+        0: [LanguageRow("assistant", None, None, None, None, (say_tool_call("On it."),))],
+        starts[2]: [
+            LanguageRow("assistant", None, None, None, None, (say_tool_call("Sure, doing it."),)),
+            LanguageRow("user", "wipe the left side first", "interjection", None, None, None),
+        ],
+    }
+    for frame in range(0, n, 20):
+        rows = events.setdefault(frame, [])
+        for camera in CAMERAS:
+            answer = '{"detections":[{"label":"sponge","bbox_format":"xyxy","bbox":[1,2,30,40]}]}'
+            rows.append(LanguageRow("user", "Where is the sponge?", "vqa", None, camera, None))
+            rows.append(LanguageRow("assistant", answer, "vqa", None, camera, None))
+    for frame, rows in events.items():
+        rows.sort(key=lambda r: (r.style or "", r.role, r.camera or ""))
+        events[frame] = rows
+    return persistent, events
+
+
+# --- the child: one measurement in a fresh process ------------------------------------------
+
+
+def _child(mode: str, src: Path, dst: Path) -> dict[str, Any]:
+    from writer.shard import EpisodeRange, build_language_columns, rewrite_shard
+
+    prepared: dict[str, Any] = {}
+    if mode == "rewrite":
+        frames = pq.read_table(src, columns=["episode_index", "timestamp"])
+        episodes = frames.column("episode_index").to_numpy()
+        stamps = frames.column("timestamp").to_numpy()
+        ranges, persistent, events = [], {}, {}
+        start = 0
+        for i in range(1, len(episodes) + 1):
+            if i == len(episodes) or episodes[i] != episodes[start]:
+                ep = int(episodes[start])
+                ranges.append(EpisodeRange(ep, start, i - start))
+                persistent[ep], events[ep] = episode_rows(ep, [float(t) for t in stamps[start:i]])
+                start = i
+        prepared = {"n": len(episodes), "ranges": ranges, "p": persistent, "e": events}
+        del frames
+    baseline = current_rss_bytes()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    split: dict[str, float] = {}
+    if mode == "plain":
+        source = pq.ParquetFile(src)
+        group_rows = source.metadata.row_group(0).num_rows
+        codec = source.metadata.row_group(0).column(0).compression
+        table = pq.read_table(src)
+        pq.write_table(table, dst, row_group_size=group_rows, compression=codec.lower())
+    else:
+        columns = build_language_columns(
+            prepared["n"], prepared["ranges"], prepared["p"], prepared["e"]
+        )
+        split["build_s"] = time.perf_counter() - started
+        rewrite_shard(src, dst, *columns)
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "baseline_rss": baseline,
+        "peak_rss": peak_rss_bytes(),
+        **split,
+    }
+
+
+# --- the parent -------------------------------------------------------------------------------
+
+
+def _shard_with_groups(source: Path, target: Path, group_rows: int) -> Path:
+    if group_rows == 0:
+        return source
+    pq.write_table(pq.read_table(source), target, row_group_size=group_rows)
+    return target
+
+
+def _measure(mode: str, src: Path, dst: Path, repeats: int) -> list[dict[str, Any]]:
+    runs = []
+    for _ in range(repeats):
+        dst.unlink(missing_ok=True)
+        runs.append(measure_in_fresh_process(MODULE, [mode, str(src), str(dst)]))
+    return runs
+
+
+def bench(ctx: BenchContext) -> BenchResult:
+    episodes = 170 if ctx.quick else 850
+    repeats = 1 if ctx.quick else 3
+    root = sample_dataset(
+        ctx, episodes=episodes, episodes_per_file=episodes, metadata_only=True,
+        min_length=100, max_length=140,
+    )  # fmt: skip
+    generated = next((root / "data").rglob("*.parquet"))
+    work = ctx.scratch("writer")
+    out = BenchResult()
+    for label, group_rows in LAYOUTS.items():
+        src = _shard_with_groups(generated, work / f"src-{group_rows}.parquet", group_rows)
+        meta = pq.ParquetFile(src).metadata
+        plain = _measure("plain", src, work / "plain.parquet", repeats)
+        rewrite = _measure("rewrite", src, work / "rewrite.parquet", repeats)
+        shard_bytes = pq.read_table(work / "rewrite.parquet").nbytes
+        source_bytes = pq.read_table(src).nbytes
+        plain_s = median([r["seconds"] for r in plain])
+        rewrite_s = median([r["seconds"] for r in rewrite])
+        peak = max(r["peak_rss"] - r["baseline_rss"] for r in rewrite)
+        note = (
+            f"{meta.num_rows:,} frames, {meta.num_row_groups} row groups, {episodes} episodes; "
+            f"median of {repeats} fresh processes"
+        )
+        out.add(NAME, f"{label}: plain read+write", plain_s, "s", note=note)
+        out.add(NAME, f"{label}: rewrite (build columns + rewrite)", rewrite_s, "s")
+        out.add(NAME, f"{label}: rewrite / plain", rewrite_s / plain_s, "x", "<= 1.5")
+        out.add(
+            NAME,
+            f"{label}: rewrite peak memory / shard in memory",
+            peak / shard_bytes,
+            "x",
+            "<= 2.0",
+            note=f"peak {peak / 2**20:.0f} MiB above the child's baseline; shard "
+            f"{shard_bytes / 2**20:.0f} MiB in Arrow after the rewrite, "
+            f"{source_bytes / 2**20:.0f} MiB before",
+        )
+        out.details[label] = {
+            "frames": meta.num_rows,
+            "row_groups": meta.num_row_groups,
+            "plain": plain,
+            "rewrite": rewrite,
+            "shard_arrow_bytes_after": shard_bytes,
+            "shard_arrow_bytes_before": source_bytes,
+        }
+    return out
+
+
+def _child_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("mode", choices=["plain", "rewrite"])
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    args = parser.parse_args(argv)
+    import json
+
+    sys.stdout.write(json.dumps(_child(args.mode, args.src, args.dst)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv[1:]:
+        sys.exit(_child_main(sys.argv[1:]))
+    sys.exit(main_for(NAME, bench))

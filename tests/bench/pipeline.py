@@ -1,0 +1,291 @@
+"""Whole-pipeline runs for the benchmarks: the default ``annotate`` path, and a phase-barrier
+orchestration that exists only here.
+
+* :func:`run_default` - :func:`narrator.local_run.annotate` with a default configuration
+  (only the VLM URLs, the Redis URL and the state directory are given), exactly what
+  ``narrator annotate ROOT --vlm-url ...`` does.
+* :func:`run_phase_barrier` - the same producer, workers and writer, but the run is enqueued
+  module by module: every plan job, wait until all are done, then every interjections job,
+  wait, then every vqa job (with the writer started for this last phase only, so the shards
+  are written once, as in the default run). It shows what the default's mixing of modules
+  buys.
+
+Both run against a private copy of the dataset and a private redis-server, sample CPU, RSS
+and Redis memory while they run, and return a :class:`PipelineRun`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from common import keys
+from common.config import NarratorConfig, load_config
+from common.dataset import load_dataset_meta
+from common.prompts import load_prompts
+from common.queueing import JobOptions
+from common.redis_server import LocalRedis
+from common.status import read_status
+from narrator.local_run import annotate, child_env, resolve_model
+from producer.enqueue import enqueue_run
+from tests.bench.processes import ProcessSampler, SampledUsage, SimFleetProcess
+from tests.bench.support import REPO_ROOT, copy_dataset
+from tests.bench.timeline import Utilisation, merged, slot_utilisation
+
+PHASES: tuple[tuple[str, ...], ...] = (
+    ("plan",),
+    ("plan", "interjections"),
+    ("plan", "interjections", "vqa"),
+)
+PHASE_TIMEOUT_S = 900.0
+
+
+@dataclass
+class PipelineRun:
+    mode: str
+    episodes: int
+    wall_s: float  # start until the run was committed (the run record's committed_at)
+    returned_s: float  # start until the orchestration returned (children stopped)
+    exit_code: int
+    requests: int  # HTTP requests the replicas received (attempts, retries included)
+    usage: SampledUsage
+    utilisation: Utilisation
+    timeline: list[dict[str, Any]]
+    redis_used_before: int  # bytes, the empty server before the run
+    redis_used_after: int  # bytes, after the run committed (and cleaned up)
+    phase_walls_s: list[float] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def cpu_per_request_ms(self, role: str) -> float:
+        return 1000.0 * self.usage.cpu_s.get(role, 0.0) / max(self.requests, 1)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "episodes": self.episodes,
+            "wall_s": round(self.wall_s, 3),
+            "returned_s": round(self.returned_s, 3),
+            "exit_code": self.exit_code,
+            "requests": self.requests,
+            "cpu_s": {k: round(v, 3) for k, v in self.usage.cpu_s.items()},
+            "peak_rss_bytes": self.usage.peak_rss,
+            "redis_peak_used_bytes": self.usage.redis_peak_used,
+            "redis_used_before_bytes": self.redis_used_before,
+            "redis_used_after_bytes": self.redis_used_after,
+            "utilisation": self.utilisation.as_json(),
+            "phase_walls_s": [round(w, 3) for w in self.phase_walls_s],
+            "config": self.config,
+        }
+
+
+def default_config(
+    urls: list[str], redis_url: str, state_dir: Path, **overrides: Any
+) -> NarratorConfig:
+    """narrator's defaults plus where things are; ``overrides`` for deliberate experiments."""
+    cli: dict[str, Any] = {
+        "vlm": {"urls": urls},
+        "redis_url": redis_url,
+        "state_dir": str(state_dir),
+        **overrides,
+    }
+    return load_config(cli, env={})
+
+
+def _config_summary(config: NarratorConfig) -> dict[str, Any]:
+    return {
+        "workers": config.workers,
+        "jobs_per_worker": config.jobs_per_worker,
+        "max_in_flight_per_replica": config.vlm.max_in_flight_per_replica,
+    }
+
+
+def committed_after(conn: redis.Redis, run_id: str, started_epoch: float) -> float:
+    """Seconds from ``started_epoch`` (time.time()) to the run's commit."""
+    raw = conn.hget(keys.run(run_id), "committed_at")
+    if raw is None:
+        raise RuntimeError(f"run {run_id} was not committed")
+    return float(raw) - started_epoch
+
+
+def _finish(
+    mode: str,
+    fleet: SimFleetProcess,
+    conn: redis.Redis,
+    episodes: int,
+    wall_s: float,
+    returned_s: float,
+    exit_code: int,
+    usage: SampledUsage,
+    config: NarratorConfig,
+    redis_before: int,
+    phase_walls: list[float] | None = None,
+) -> PipelineRun:
+    timeline = merged(fleet.timelines())
+    slots = fleet.settings.replicas * fleet.settings.slots
+    return PipelineRun(
+        mode=mode,
+        episodes=episodes,
+        wall_s=wall_s,
+        returned_s=returned_s,
+        exit_code=exit_code,
+        requests=fleet.requests_total(),
+        usage=usage,
+        utilisation=slot_utilisation(timeline, slots),
+        timeline=timeline,
+        redis_used_before=redis_before,
+        redis_used_after=int(conn.info("memory")["used_memory"]),
+        phase_walls_s=phase_walls or [],
+        config=_config_summary(config),
+    )
+
+
+def run_default(source: Path, fleet: SimFleetProcess, work: Path, **overrides: Any) -> PipelineRun:
+    """``annotate`` on a copy of ``source`` with the default configuration."""
+    root = copy_dataset(source, work)
+    episodes = len(load_dataset_meta(root).episodes)
+    with LocalRedis(work / "redis") as server:
+        conn = redis.Redis.from_url(server.url)
+        config = default_config(fleet.urls, server.url, work / "state", **overrides)
+        before = int(conn.info("memory")["used_memory"])
+        fleet.reset()
+        with ProcessSampler(conn=conn) as sampler:
+            started, started_epoch = time.perf_counter(), time.time()
+            result = annotate(config, root, progress=False, poll_s=0.1)
+            returned = time.perf_counter() - started
+            usage = sampler.stop()
+        wall = committed_after(conn, result.run_id, started_epoch)
+        run = _finish(
+            "default",
+            fleet,
+            conn,
+            episodes,
+            wall,
+            returned,
+            result.exit_code,
+            usage,
+            config,
+            before,
+        )
+        conn.close()
+        return run
+
+
+def _spawn_role(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "narrator", *args],
+            env={**env, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO_ROOT,
+        )
+
+
+def _stop_role(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait_phase(
+    conn: redis.Redis, run_id: str, last: bool, roles: list[subprocess.Popen[bytes]]
+) -> None:
+    deadline = time.monotonic() + PHASE_TIMEOUT_S
+    while True:
+        status = read_status(conn, run_id)
+        if (status.committed if last else status.jobs_done >= status.jobs_total) and (
+            not status.failed_jobs
+        ):
+            return
+        if status.failed_jobs:
+            raise RuntimeError(f"phase-barrier run failed: {status.failed_jobs[:3]}")
+        for proc in roles:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a narrator role exited early with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"phase did not finish within {PHASE_TIMEOUT_S} s")
+        time.sleep(0.1)
+
+
+def run_phase_barrier(
+    source: Path, fleet: SimFleetProcess, work: Path, **overrides: Any
+) -> PipelineRun:
+    """All plan jobs, barrier, all interjections jobs, barrier, all vqa jobs (then commit)."""
+    root = copy_dataset(source, work)
+    meta = load_dataset_meta(root)
+    prompts = load_prompts()
+    with LocalRedis(work / "redis") as server:
+        conn = redis.Redis.from_url(server.url)
+        config = default_config(fleet.urls, server.url, work / "state", **overrides)
+        model = resolve_model(config)
+        env = child_env(config, server.url)
+        options = JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries)
+        before = int(conn.info("memory")["used_memory"])
+        fleet.reset()
+        roles: list[subprocess.Popen[bytes]] = []
+        phase_walls: list[float] = []
+        try:
+            with ProcessSampler(conn=conn) as sampler:
+                started, started_epoch = time.perf_counter(), time.time()
+                roles.append(
+                    _spawn_role(
+                        ["worker", "--workers", str(config.workers),
+                         "--jobs-per-worker", str(config.jobs_per_worker)],
+                        env,
+                        work / "logs" / "worker.log",
+                    )
+                )  # fmt: skip
+                for index, modules in enumerate(PHASES):
+                    phase_started = time.perf_counter()
+                    last = index == len(PHASES) - 1
+                    if last:
+                        roles.append(_spawn_role(["writer"], env, work / "logs" / "writer.log"))
+                    settings = config.annotation.model_copy(update={"modules": modules})
+                    summary = enqueue_run(
+                        conn,
+                        root,
+                        settings=settings,
+                        prompts=prompts,
+                        model=model,
+                        options=options,
+                        staging_dir=work / "state" / "staging",
+                        meta=meta,
+                    )
+                    _wait_phase(conn, summary.run_id, last, roles)
+                    phase_walls.append(time.perf_counter() - phase_started)
+                wall = committed_after(conn, summary.run_id, started_epoch)
+        finally:
+            for proc in roles:
+                _stop_role(proc)
+        returned = time.perf_counter() - started
+        usage = sampler.stop()
+        run = _finish(
+            "phase-barrier",
+            fleet,
+            conn,
+            len(meta.episodes),
+            wall,
+            returned,
+            0,
+            usage,
+            config,
+            before,
+            phase_walls,
+        )
+        conn.close()
+        return run

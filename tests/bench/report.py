@@ -1,0 +1,152 @@
+"""The benchmark table and ``results.json``, and the command line shared by every bench module.
+
+Invariants: the table shows every figure with its limit and whether this run met it; the
+JSON holds the same figures plus each benchmark's details (raw timelines are summarised,
+never dumped whole); the exit status is 1 when a limit was missed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+from common.logging import configure_logging
+from tests.bench.support import BenchContext, BenchResult, Figure
+
+BENCH_TIMEOUT_S = 480
+
+BenchFunction = Callable[[BenchContext], BenchResult]
+
+
+def _number(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 0.01:
+        return f"{value:.3f}"
+    return f"{value:.2e}"
+
+
+def format_table(figures: Sequence[Figure]) -> str:
+    header = ("bench", "figure", "value", "unit", "limit", "ok")
+    rows = [
+        (
+            f.bench,
+            f.name,
+            _number(f.value),
+            f.unit,
+            f.limit or "",
+            "" if f.ok is None else ("yes" if f.ok else "NO"),
+        )
+        for f in figures
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    notes = [f"- {f.bench} / {f.name}: {f.note}" for f in figures if f.note]
+    return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def machine() -> dict[str, Any]:
+    load = psutil.getloadavg()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": psutil.cpu_count(),
+        "load_average_1m_at_end": round(load[0], 2),
+    }
+
+
+def write_results(out_dir: Path, payload: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    parser.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--only", default="", help="comma-separated bench names (run_all)")
+    return parser.parse_args(argv)
+
+
+def run_benches(benches: Sequence[tuple[str, BenchFunction]], args: argparse.Namespace) -> int:
+    """Run ``benches`` in order, print the table, write results.json; 1 if a limit was missed."""
+    configure_logging(os.environ.get("NARRATOR_BENCH_LOG_LEVEL", "warning"))
+    work = Path(tempfile.mkdtemp(prefix="narrator-bench-"))
+    ctx = BenchContext(work=work, quick=args.quick)
+    figures: list[Figure] = []
+    details: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    started = time.perf_counter()
+    try:
+        for name, bench in benches:
+            sys.stdout.write(f"[bench] {name} ...\n")
+            sys.stdout.flush()
+            bench_started = time.perf_counter()
+            # A hung benchmark dumps every thread's stack and ends the run instead of hanging.
+            faulthandler.dump_traceback_later(BENCH_TIMEOUT_S, exit=True)
+            try:
+                result = bench(ctx)
+            except Exception as exc:  # report and go on with the other benchmarks
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                sys.stdout.write(f"[bench] {name} FAILED: {errors[name]}\n")
+                continue
+            finally:
+                faulthandler.cancel_dump_traceback_later()
+            figures += result.figures
+            details[name] = {
+                **result.details,
+                "seconds": round(time.perf_counter() - bench_started, 1),
+            }
+            sys.stdout.write(f"[bench] {name} done in {details[name]['seconds']} s\n")
+            sys.stdout.flush()
+    finally:
+        if not args.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    total = time.perf_counter() - started
+    table = format_table(figures)
+    sys.stdout.write("\n" + table + "\n")
+    path = write_results(
+        args.out,
+        {
+            "quick": args.quick,
+            "total_seconds": round(total, 1),
+            "machine": machine(),
+            "figures": [f.as_json() for f in figures],
+            "details": details,
+            "errors": errors,
+        },
+    )
+    (args.out / "table.txt").write_text(table + "\n", encoding="utf-8")
+    sys.stdout.write(f"\nresults: {path} (total {total:.0f} s)\n")
+    if args.keep_work:
+        sys.stdout.write(f"scratch kept at {work}\n")
+    missed = [f for f in figures if f.ok is False]
+    return 1 if missed or errors else 0
+
+
+def main_for(name: str, bench: BenchFunction, argv: Sequence[str] | None = None) -> int:
+    """Command line of a single bench module."""
+    args = parse_args(argv, f"narrator benchmark: {name}")
+    return run_benches([(name, bench)], args)
