@@ -11,7 +11,9 @@ OOM) would hold its job for half an hour. :class:`HeartbeatWorker` keeps the ent
 worker's entry expires, the next registry maintenance of any live worker (every
 :data:`MAINTENANCE_INTERVAL_S`) treats the job as abandoned, and rq 3 then retries it if it
 has retries left (scheduled after its retry interval) or moves it to the FailedJobRegistry
-(``AbandonedJobError``), where ``narrator retry-failed`` or a re-run picks it up.
+(``AbandonedJobError``), where ``narrator retry-failed`` or a re-run picks it up. When Redis
+goes away while a job runs, rq cannot record the job's end and would stop the worker; a
+:class:`HeartbeatWorker` waits for Redis instead, and the job takes the abandoned-job path.
 """
 
 from __future__ import annotations

@@ -67,9 +67,10 @@ def output_hashes(root: Path) -> dict[str, str]:
 
 @dataclass
 class Outcome:
-    result: AnnotateResult
+    result: AnnotateResult  # of the last annotate call
     root: Path
     status: RunStatus
+    earlier: list[AnnotateResult]  # calls before the last one (see run_copy's ``attempts``)
 
     def counter(self, suffix: str) -> int:
         return sum(v for k, v in self.status.counters.items() if k.endswith(suffix))
@@ -91,9 +92,13 @@ def run_copy(
     *,
     faults: dict[int, dict[str, Any]] | None = None,
     during: Callable[[Fleet], None] | None = None,
+    attempts: int = 1,
     **settings: Any,
 ) -> Outcome:
-    """Annotate a fresh copy of ``original`` under ``faults``; ``during`` runs beside it."""
+    """Annotate a fresh copy of ``original`` under ``faults``; ``during`` runs beside it.
+
+    With ``attempts`` > 1, a run that stops on failed jobs (exit code 1) is resumed by
+    running annotate again, as a user would, up to that many calls in all."""
     redis.Redis.from_url(redis_url).flushall()
     _reset(fleet)
     for index, updates in (faults or {}).items():
@@ -102,7 +107,14 @@ def run_copy(
     shutil.copytree(original, root)
     config = pipeline_config(fleet.urls, redis_url=redis_url, state_dir=work / "state", **settings)
     box: list[AnnotateResult] = []
-    runner = threading.Thread(target=lambda: box.append(annotate(config, root, progress=False)))
+
+    def annotate_until_done() -> None:
+        for _ in range(attempts):
+            box.append(annotate(config, root, progress=False))
+            if box[-1].exit_code != 1:
+                return
+
+    runner = threading.Thread(target=annotate_until_done)
     runner.start()
     try:
         if during is not None:
@@ -111,8 +123,8 @@ def run_copy(
         runner.join(timeout=200)
         _reset(fleet)
     assert box, "annotate did not return"
-    status = read_status(redis.Redis.from_url(redis_url), box[0].run_id)
-    return Outcome(box[0], root, status)
+    status = read_status(redis.Redis.from_url(redis_url), box[-1].run_id)
+    return Outcome(box[-1], root, status, box[:-1])
 
 
 def assert_valid(outcome: Outcome) -> None:
@@ -235,7 +247,15 @@ def test_unusable_answers_are_corrected_or_counted(
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    outcome = run_copy(original, tmp_path, fleet, redis_url, faults=faults)
+    outcome = run_copy(original, tmp_path, fleet, redis_url, faults=faults, attempts=4)
+    # The plan module fails an episode's job for good when every subtask answer stays
+    # unusable after its corrective retry (one window per short episode: 0.2 x 0.2 = 4% of
+    # episodes here); the run then stops with exit code 1 and that job listed, and running
+    # annotate again resumes it. Any other failure is a bug.
+    for stopped in outcome.earlier:
+        assert stopped.status is not None and stopped.status.failed_jobs
+        for job in stopped.status.failed_jobs:
+            assert "-plan-" in job.job_id and "no usable subtask answer" in job.reason, job
     assert_valid(outcome)
     status = outcome.status
     assert outcome.counter(":corrective_retries") > 0, status.counters
@@ -298,7 +318,12 @@ def test_every_replica_down_for_a_while_then_back(
 
 
 def test_outage_with_no_job_retries_fails_cleanly_then_retry_failed_completes(
-    original: Path, fleet: Fleet, clean: dict[str, str], redis_url: str, tmp_path: Path
+    original: Path,
+    fleet: Fleet,
+    clean: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """With no rq retries, jobs caught by an outage fail; annotate exits 1 listing them.
     Once the replicas are back, `retry-failed` plus a worker and a writer finish the run."""
@@ -325,6 +350,9 @@ def test_outage_with_no_job_retries_fails_cleanly_then_retry_failed_completes(
     failed = outcome.status.failed_jobs
     assert failed and outcome.status.state == "failed"
     assert all("VLMUnavailableError" in job.reason for job in failed), failed
+    shown = capsys.readouterr().err  # what annotate told the user
+    assert all(f"FAILED {job.job_id}: " in shown for job in failed), shown[-2000:]
+    assert f"narrator retry-failed {outcome.result.run_id}" in shown
     assert not outcome.status.committed
     assert output_hashes(outcome.root) == output_hashes(original)  # nothing written yet
 

@@ -39,7 +39,7 @@ from common.validation import Finding, validate_episode
 from writer.cleanup import forget_finished_jobs
 from writer.commit import commit, resume_commits, stage_dir
 from writer.merge import kept_rows
-from writer.shard import EpisodeRange, build_language_columns, rewrite_shard
+from writer.shard import EpisodeRange, language_columns, write_language_shard
 
 log = get_logger(__name__)
 
@@ -104,9 +104,9 @@ def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any
     conn.hdel(keys.writer_errors(run_id), data_file)
     n_rows = sum(len(f.timestamp) for f in frames.values())
     ranges = [EpisodeRange(e, f.row_start, len(f.timestamp)) for e, f in frames.items()]
-    p_col, e_col = build_language_columns(n_rows, ranges, persistent, events)
+    columns = language_columns(n_rows, ranges, persistent, events)
     stage = stage_dir(run.staging_dir, run_id, generation)
-    rewrite_shard(run.root / data_file, stage / data_file, p_col, e_col)
+    write_language_shard(run.root / data_file, stage / data_file, columns)
     SHARDS_WRITTEN.inc()
     SHARD_WRITE_SECONDS.observe(time.monotonic() - started)
     conn.hset(keys.staged_files(run_id), data_file, generation)

@@ -1,9 +1,12 @@
 """Build the language columns with Arrow operations and rewrite one data shard atomically.
 
-Pure core: :func:`build_language_columns` turns per-episode rows into the two list columns
-(vectorised with numpy offsets and one Arrow ``take``; no per-frame Python lists).
-Shell: :func:`rewrite_shard` streams the source shard row group by row group into a temp
-file beside the destination, fsyncs it and renames it into place.
+Pure core: :func:`language_columns` turns per-episode rows into the two list columns
+(vectorised with numpy offsets and Arrow ``take``; no per-frame Python lists), materialised
+one slice at a time so an episode's persistent list is repeated per frame only for the rows
+being written; :func:`build_language_columns` materialises them whole.
+Shell: :func:`write_language_shard` (and :func:`rewrite_shard` for materialised columns)
+streams the source shard into a temp file beside the destination, a run of equal-size row
+groups per call (:func:`row_group_batches`), fsyncs it and renames it into place.
 
 Invariants:
 * Every other column keeps its values, order and row-group boundaries; the legacy
@@ -46,13 +49,88 @@ class EpisodeRange:
     length: int
 
 
-def _list_column(
-    counts: np.ndarray, values: pa.Array, indices: np.ndarray, type_: pa.DataType
-) -> pa.Array:
-    offsets = np.zeros(counts.shape[0] + 1, dtype=np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    taken = values.take(pa.array(indices, type=pa.int64())) if len(values) else values
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), taken, type=type_)
+@dataclass(frozen=True)
+class LanguageColumns:
+    """The two language columns of a shard, materialised one slice (row groups) at a time.
+
+    An episode's persistent rows are stored once (``p_values``) and repeated on each frame
+    only inside the slice being written, so memory holds one slice's repetition instead of
+    the whole shard's (the repeated persistent lists are most of an annotated shard's bytes).
+    """
+
+    n_rows: int
+    p_values: pa.StructArray
+    p_first: np.ndarray  # int64 per row: index in p_values of the row's first persistent row
+    p_counts: np.ndarray  # int64 per row: how many persistent rows the row's list holds
+    e_values: pa.StructArray
+    e_offsets: np.ndarray  # int64, n_rows + 1: row i's events are e_values[e[i]:e[i + 1]]
+
+    def slice(self, offset: int, length: int) -> tuple[pa.Array, pa.Array]:
+        """Both columns for rows [offset, offset + length)."""
+        counts = self.p_counts[offset : offset + length]
+        p_offsets = np.zeros(length + 1, dtype=np.int64)
+        np.cumsum(counts, out=p_offsets[1:])
+        total = int(p_offsets[-1])
+        # Value j of the slice belongs to row r: p_first[r] + (j - p_offsets[r]).
+        starts = self.p_first[offset : offset + length] - p_offsets[:-1]
+        indices = np.repeat(starts, counts) + np.arange(total, dtype=np.int64)
+        p_taken = (
+            self.p_values.take(pa.array(indices, type=pa.int64()))
+            if total
+            else self.p_values.slice(0, 0)
+        )
+        lo, hi = int(self.e_offsets[offset]), int(self.e_offsets[offset + length])
+        e_offsets = self.e_offsets[offset : offset + length + 1] - lo
+        return (
+            pa.ListArray.from_arrays(
+                pa.array(p_offsets.astype(np.int32), type=pa.int32()),
+                p_taken,
+                type=PERSISTENT_COLUMN_TYPE,
+            ),
+            pa.ListArray.from_arrays(
+                pa.array(e_offsets.astype(np.int32), type=pa.int32()),
+                self.e_values.slice(lo, hi - lo),
+                type=EVENTS_COLUMN_TYPE,
+            ),
+        )
+
+
+def language_columns(
+    n_rows: int,
+    ranges: Sequence[EpisodeRange],
+    persistent: Mapping[int, Sequence[LanguageRow]],
+    events: Mapping[int, Mapping[int, Sequence[LanguageRow]]],
+) -> LanguageColumns:
+    """The ``language_persistent`` and ``language_events`` columns of a shard, unmaterialised.
+
+    ``persistent[ep]`` is the episode's sorted list (repeated on each of its frames);
+    ``events[ep][frame]`` the sorted event rows of an episode-relative frame.
+    """
+    p_first = np.zeros(n_rows, dtype=np.int64)
+    p_counts = np.zeros(n_rows, dtype=np.int64)
+    p_rows: list[LanguageRow] = []
+    e_counts = np.zeros(n_rows, dtype=np.int64)
+    e_rows: list[LanguageRow] = []
+    for rng in sorted(ranges, key=lambda r: r.row_start):
+        rows = persistent.get(rng.episode, ())
+        if rows:
+            p_first[rng.row_start : rng.row_start + rng.length] = len(p_rows)
+            p_counts[rng.row_start : rng.row_start + rng.length] = len(rows)
+            p_rows.extend(rows)
+        for frame in sorted(events.get(rng.episode, {})):
+            frame_rows = events[rng.episode][frame]
+            e_counts[rng.row_start + frame] = len(frame_rows)
+            e_rows.extend(frame_rows)
+    e_offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(e_counts, out=e_offsets[1:])
+    return LanguageColumns(
+        n_rows=n_rows,
+        p_values=rows_to_struct_array(p_rows, persistent=True),
+        p_first=p_first,
+        p_counts=p_counts,
+        e_values=rows_to_struct_array(e_rows, persistent=False),
+        e_offsets=e_offsets,
+    )
 
 
 def build_language_columns(
@@ -61,38 +139,12 @@ def build_language_columns(
     persistent: Mapping[int, Sequence[LanguageRow]],
     events: Mapping[int, Mapping[int, Sequence[LanguageRow]]],
 ) -> tuple[pa.Array, pa.Array]:
-    """The ``language_persistent`` and ``language_events`` columns of a shard.
-
-    ``persistent[ep]`` is the episode's sorted list (repeated on each of its frames);
-    ``events[ep][frame]`` the sorted event rows of an episode-relative frame.
-    """
-    p_counts = np.zeros(n_rows, dtype=np.int64)
-    p_rows: list[LanguageRow] = []
-    p_index: list[np.ndarray] = []
-    e_counts = np.zeros(n_rows, dtype=np.int64)
-    e_rows: list[LanguageRow] = []
-    for rng in sorted(ranges, key=lambda r: r.row_start):
-        rows = persistent.get(rng.episode, ())
-        if rows:
-            base = len(p_rows)
-            p_rows.extend(rows)
-            p_counts[rng.row_start : rng.row_start + rng.length] = len(rows)
-            p_index.append(np.tile(np.arange(base, base + len(rows)), rng.length))
-        for frame in sorted(events.get(rng.episode, {})):
-            frame_rows = events[rng.episode][frame]
-            e_counts[rng.row_start + frame] = len(frame_rows)
-            e_rows.extend(frame_rows)
-    p_values = rows_to_struct_array(p_rows, persistent=True)
-    e_values = rows_to_struct_array(e_rows, persistent=False)
-    p_idx = np.concatenate(p_index) if p_index else np.zeros(0, dtype=np.int64)
-    e_idx = np.arange(len(e_rows), dtype=np.int64)
-    return (
-        _list_column(p_counts, p_values, p_idx, PERSISTENT_COLUMN_TYPE),
-        _list_column(e_counts, e_values, e_idx, EVENTS_COLUMN_TYPE),
-    )
+    """Both columns of a shard, materialised whole (see :func:`language_columns`)."""
+    return language_columns(n_rows, ranges, persistent, events).slice(0, n_rows)
 
 
 _DROPPED = {LEGACY_SUBTASK_COLUMN, *LANGUAGE_COLUMNS}
+BATCH_ROWS = 8192  # rows read and written per call when row groups are small
 
 
 def _codecs(meta: pq.FileMetaData) -> str | dict[str, str]:
@@ -140,14 +192,56 @@ def output_schema(source: pa.Schema) -> pa.Schema:
     return pa.schema(fields, metadata=_schema_metadata(source.metadata))
 
 
+class _ArrayColumns:
+    """Adapter: two materialised columns sliced like :class:`LanguageColumns`."""
+
+    def __init__(self, persistent_col: pa.Array, events_col: pa.Array) -> None:
+        self.persistent_col, self.events_col = persistent_col, events_col
+
+    def slice(self, offset: int, length: int) -> tuple[pa.Array, pa.Array]:
+        return self.persistent_col.slice(offset, length), self.events_col.slice(offset, length)
+
+
 def rewrite_shard(src: Path, dst: Path, persistent_col: pa.Array, events_col: pa.Array) -> None:
-    """Write ``src`` with the two language columns to ``dst`` atomically."""
+    """Write ``src`` with the two (materialised) language columns to ``dst`` atomically."""
+    if len(persistent_col) != len(events_col):
+        raise ValueError(
+            f"{src}: language columns do not match ({len(persistent_col)} persistent rows, "
+            f"{len(events_col)} event rows)"
+        )
+    _write_shard(src, dst, _ArrayColumns(persistent_col, events_col), len(persistent_col))
+
+
+def write_language_shard(src: Path, dst: Path, columns: LanguageColumns) -> None:
+    """Write ``src`` with ``columns`` to ``dst`` atomically, one slice at a time."""
+    _write_shard(src, dst, columns, columns.n_rows)
+
+
+def row_group_batches(sizes: Sequence[int], max_rows: int) -> list[tuple[list[int], int]]:
+    """Runs of consecutive row groups of one size, each at most ``max_rows`` rows (or one
+    group): ``(group indices, rows per group)``. Writing a run as one table with that
+    ``row_group_size`` reproduces the groups exactly, at a fraction of the per-call cost."""
+    batches: list[tuple[list[int], int]] = []
+    for index, size in enumerate(sizes):
+        if batches and size > 0:
+            groups, run_size = batches[-1]
+            if size == run_size and (len(groups) + 1) * size <= max_rows:
+                groups.append(index)
+                continue
+        batches.append(([index], size))
+    return batches
+
+
+def _write_shard(
+    src: Path, dst: Path, columns: _ArrayColumns | LanguageColumns, n_rows: int
+) -> None:
     pf = pq.ParquetFile(src)
     meta = pf.metadata
-    if len(persistent_col) != meta.num_rows or len(events_col) != meta.num_rows:
+    if n_rows != meta.num_rows:
         raise ValueError(f"{src}: language columns do not match its {meta.num_rows} rows")
     schema = output_schema(pf.schema_arrow)
     keep = [f.name for f in schema if f.name not in LANGUAGE_COLUMNS]
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(dst)
     try:
@@ -158,13 +252,14 @@ def rewrite_shard(src: Path, dst: Path, persistent_col: pa.Array, events_col: pa
             version=meta.format_version if meta.format_version in ("1.0", "2.4", "2.6") else "2.6",
         ) as writer:
             offset = 0
-            for i in range(meta.num_row_groups):
-                group = pf.read_row_group(i, columns=keep)
-                n = group.num_rows
-                table = group.append_column(
-                    schema.field(PERSISTENT_COLUMN), persistent_col.slice(offset, n)
-                ).append_column(schema.field(EVENTS_COLUMN), events_col.slice(offset, n))
-                writer.write_table(table.cast(schema), row_group_size=max(n, 1))
+            for groups, group_rows in row_group_batches(sizes, BATCH_ROWS):
+                batch = pf.read_row_groups(groups, columns=keep)
+                n = batch.num_rows
+                persistent_part, events_part = columns.slice(offset, n)
+                table = batch.append_column(
+                    schema.field(PERSISTENT_COLUMN), persistent_part
+                ).append_column(schema.field(EVENTS_COLUMN), events_part)
+                writer.write_table(table.cast(schema), row_group_size=max(group_rows, 1))
                 offset += n
         fsync_path(tmp)
         tmp.replace(dst)

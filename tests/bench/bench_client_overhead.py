@@ -220,10 +220,6 @@ def _pipeline_figures(ctx: BenchContext, out: BenchResult) -> dict[str, Any]:
         "JPEG, JSON, HTTP, Redis, rq",
     )
     out.add(NAME, "worker CPU per run (fixed: start-up)", fixed, "s")
-    writer_per_file = (b.usage.cpu_s.get("writer", 0.0) - a.usage.cpu_s.get("writer", 0.0)) / (
-        (large - small) / 10
-    )
-    out.add(NAME, "writer CPU per data file (10 episodes)", 1000 * writer_per_file, "ms")
     redis_ms = 1000 * b.usage.cpu_s.get("redis", 0.0) / b.requests
     out.add(NAME, "redis-server CPU per VLM request", redis_ms, "ms")
     return {"runs": [r.as_json() for r in runs], "worker_ms_per_request": 1000 * slope}

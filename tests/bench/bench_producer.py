@@ -7,9 +7,9 @@ Redis memory per episode.
    episode), a second enqueue of the same run (the resume check), and one
    :func:`common.status.read_status` (what ``narrator annotate``'s progress bar pays every
    poll). Redis ``used_memory`` above the empty server, per episode, after the enqueue.
-2. A real run (60 episodes, two cameras; 20 with ``--quick``) against a fast simulated fleet:
-   Redis memory per episode at its peak, and after the commit and its cleanup, with what is
-   left broken down by kind of key.
+2. Real runs of 20 and 60 episodes (two cameras; 10 and 30 with ``--quick``) against a fast
+   simulated fleet: Redis memory per episode (the slope between the two sizes) at the run's
+   peak, and after the commit and its cleanup, with what is left broken down by kind of key.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -28,7 +29,7 @@ from common.redis_server import LocalRedis
 from common.status import read_status
 from narrator.simvlm import DEFAULT_MODEL
 from producer.enqueue import enqueue_run
-from tests.bench.pipeline import run_default
+from tests.bench.pipeline import PipelineRun, run_default
 from tests.bench.processes import SimFleetProcess, SimSettings
 from tests.bench.report import main_for
 from tests.bench.support import BenchContext, BenchResult, sample_dataset
@@ -102,24 +103,40 @@ def _enqueue_figures(ctx: BenchContext, out: BenchResult) -> dict[str, Any]:
 
 
 def _run_figures(ctx: BenchContext, out: BenchResult) -> dict[str, Any]:
-    episodes = 20 if ctx.quick else 60
-    source = sample_dataset(ctx, episodes=episodes, cameras=2, episodes_per_file=10)
+    """Redis memory of real runs of two sizes; per episode = the slope between them, so the
+    fixed part (registered rq workers, client buffers) is not spread over the episodes."""
+    sizes = (10, 30) if ctx.quick else (20, 60)
+    sources = {n: sample_dataset(ctx, episodes=n, cameras=2, episodes_per_file=10) for n in sizes}
+    runs, kinds = {}, {}
     with SimFleetProcess(FAST_SIM) as fleet:
-        work = ctx.scratch("producer-run")
-        run = run_default(source, fleet, work)
-    # run_default's Redis is gone with its server; measure again on a kept one.
-    with LocalRedis(work / "redis") as server:  # reopens the run's append-only file
-        conn = redis.Redis.from_url(server.url)
-        kinds = memory_by_kind(conn)
-        conn.close()
-    peak = (run.usage.redis_peak_used - run.redis_used_before) / episodes
-    after = (run.redis_used_after - run.redis_used_before) / episodes
-    out.add(NAME, "Redis memory per episode, peak of a run", peak, "bytes",
-            note=f"{episodes} episodes, 2 cameras, default modules")  # fmt: skip
+        for n, source in sources.items():
+            work = ctx.scratch(f"producer-run-{n}")
+            runs[n] = run_default(source, fleet, work)
+            # The run's redis-server is stopped; reopen its append-only file to look inside.
+            with LocalRedis(work / "redis") as server:
+                conn = redis.Redis.from_url(server.url)
+                kinds[n] = memory_by_kind(conn)
+                conn.close()
+    small, large = sizes
+    extra = large - small
+
+    def slope(value: Callable[[PipelineRun], float]) -> float:
+        return (value(runs[large]) - value(runs[small])) / extra
+
+    peak = slope(lambda r: r.usage.redis_peak_used - r.redis_used_before)
+    after = slope(lambda r: r.redis_used_after - r.redis_used_before)
+    note = f"slope between runs of {small} and {large} episodes, 2 cameras, default modules"
+    out.add(NAME, "Redis memory per episode, peak of a run", peak, "bytes", note=note)
     out.add(NAME, "Redis memory per episode, after commit + cleanup", after, "bytes")
-    left_rq = sum(v for k, v in kinds.items() if k.startswith("rq"))
-    out.add(NAME, "rq keys left after the run, per episode", left_rq / episodes, "bytes")
-    return {"run": run.as_json(), "memory_by_kind_after": kinds}
+    for label, prefix in (("staged results", "narrator result"), ("rq keys", "rq")):
+        grow = sum(v for k, v in kinds[large].items() if k.startswith(prefix)) - sum(
+            v for k, v in kinds[small].items() if k.startswith(prefix)
+        )
+        out.add(NAME, f"{label} left after the run, per episode", grow / extra, "bytes")
+    return {
+        "runs": {str(n): r.as_json() for n, r in runs.items()},
+        "memory_by_kind_after": {str(n): k for n, k in kinds.items()},
+    }
 
 
 def bench(ctx: BenchContext) -> BenchResult:

@@ -87,9 +87,16 @@ def bench(ctx: BenchContext) -> BenchResult:
         "wall time ratio phase-barrier / default",
         barrier.wall_s / default.wall_s,
         "x",
-        ">= 1.0",
         note="phases (s): " + ", ".join(f"{w:.1f}" for w in barrier.phase_walls_s),
     )
+    for label, run in (("default", default), ("phase-barrier", barrier)):
+        out.add(
+            NAME,
+            f"{label}: commit after the last VLM answer",
+            run.wall_s - run.utilisation.last_end_s,
+            "s",
+            note="the writer's tail: last shards, commit" if run is default else "",
+        )
     out.add(
         NAME,
         "default: narrator CPU (workers+writer+redis)",

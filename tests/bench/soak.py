@@ -1,6 +1,6 @@
 """Soak run (``make soak`` = ``python -m tests.bench.soak``; not part of ``make test``).
 
-Annotates a generated dataset of ``--episodes`` short one-camera episodes (1000 by default)
+Annotates a generated dataset of ``--episodes`` one-camera episodes of 2-6 s (1000 by default)
 end to end (producer, ``narrator worker`` and ``narrator writer`` processes, a Redis with its
 append-only file) against ``--replicas`` simulated replicas that misbehave all along: some
 5xx answers, some unusable answers, and one replica stopped at 30% of the jobs and started
@@ -18,7 +18,8 @@ Afterwards it checks that nothing was lost or duplicated:
   failures.
 
 It prints a report table (also written as JSON beside the work directory) and exits 1 if
-a check failed or memory grew by more than ``MAX_GROWTH`` between 25% and 100% of the jobs.
+a check failed or a role's memory grew by more than ``MAX_GROWTH`` (peak RSS over the last
+quarter of the jobs against the peak over the second quarter).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from common.contract import EVENTS_COLUMN, PERSISTENT_COLUMN
 from common.dataset import load_dataset_meta, read_episode_frames
 from common.dataset_check import check_annotated_dataset
 from common.redis_server import LocalRedis
+from common.runs import text
 from common.staging import ModuleResult
 from common.status import RunStatus, read_status
 from narrator.local_run import annotate
@@ -52,7 +54,8 @@ from narrator.sample_dataset import make_sample_dataset
 from narrator.simvlm.fleet import Fleet, start_fleet
 from workers.modules.ticks import tick_frames
 
-MAX_GROWTH = 1.30  # RSS at the end / RSS at 25% of the jobs, per role
+MAX_ATTEMPTS = 3  # annotate runs (the first and resumes) before the soak gives up
+MAX_GROWTH = 1.30  # peak RSS over the last quarter of the jobs / over the second quarter
 STOP_AT, RESTART_AT = 0.30, 0.55  # fractions of the jobs done
 FAULTS = {"error_rate": 0.04, "error_status": 503, "garbage_rate": 0.03, "latency_s": 0.01}
 MiB = 1024 * 1024
@@ -61,13 +64,18 @@ MiB = 1024 * 1024
 # --- sampling -----------------------------------------------------------------------------
 
 
-def role_of(cmdline: list[str]) -> str:
-    text = " ".join(cmdline)
-    if "redis-server" in text:
-        return "redis"
-    for role in ("worker", "writer"):
-        if f"narrator {role}" in text or f"-m narrator {role}" in text:
-            return role
+def role_of_tree(process: psutil.Process) -> str:
+    """redis, worker or writer: the role of ``process`` or of its nearest ancestor that has
+    one (a worker pool's spawned children do not say ``narrator worker`` themselves)."""
+    current: psutil.Process | None = process
+    while current is not None and current.pid != psutil.Process().pid:
+        text = " ".join(current.cmdline())
+        if "redis-server" in text:
+            return "redis"
+        for role in ("worker", "writer"):
+            if f"narrator {role}" in text:
+                return role
+        current = current.parent()
     return "other"
 
 
@@ -82,14 +90,14 @@ class Sample:
 @dataclass
 class Sampler:
     conn: redis.Redis
-    run_id: list[str]  # filled in once the run is registered
     samples: list[Sample] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def progress(self) -> float:
-        if not self.run_id:
+        runs = list(self.conn.smembers(keys.RUNS))  # the soak's Redis holds its run only
+        if not runs:
             return 0.0
-        status = read_status(self.conn, self.run_id[0])
+        status = read_status(self.conn, text(runs[0]) or "")
         return status.jobs_done / status.jobs_total if status.jobs_total else 0.0
 
     def loop(self, started: float) -> None:
@@ -97,7 +105,7 @@ class Sampler:
             rss: Counter[str] = Counter()
             for child in psutil.Process().children(recursive=True):
                 try:
-                    rss[role_of(child.cmdline())] += int(child.memory_info().rss)
+                    rss[role_of_tree(child)] += int(child.memory_info().rss)
                 except psutil.Error:
                     continue
             try:
@@ -108,8 +116,9 @@ class Sampler:
             self.samples.append(Sample(time.monotonic() - started, progress, dict(rss), used))
 
 
-def _at(samples: list[Sample], fraction: float) -> Sample:
-    return next((s for s in samples if s.progress >= fraction), samples[-1])
+def peak_between(samples: list[Sample], role: str, low: float, high: float) -> int:
+    """The role's highest RSS while the jobs done were between ``low`` and ``high``."""
+    return max((s.rss.get(role, 0) for s in samples if low <= s.progress <= high), default=0)
 
 
 # --- checks (pure over what was read) -----------------------------------------------------
@@ -160,16 +169,18 @@ def episode_problems(
     results: list[ModuleResult],
     ticks: int,
     cameras: list[str],
-    vqa_failures: int,
+    failed_items: list[tuple[str, str]],  # (module, item) recorded as failures
 ) -> list[str]:
     problems = []
+    vqa_failures = sum(1 for module, _ in failed_items if module == "vqa")
+    expected_first = {"plan": 0 if ("plan", "plan") in failed_items else 1, "subtask": 1}
     staged, written = staged_counts(results), dataset_counts(rows.persistent, rows.events)
     if staged != written:
         problems.append(f"episode {episode}: rows staged {dict(staged)} != written {dict(written)}")
     first = [r for r in rows.persistent if r["timestamp"] == rows.first_timestamp]
-    for style in ("plan", "subtask"):
-        if sum(1 for r in first if r["style"] == style) != 1:
-            problems.append(f"episode {episode}: not exactly one {style} row on the first frame")
+    for style, expected in expected_first.items():
+        if sum(1 for r in first if r["style"] == style) != expected:
+            problems.append(f"episode {episode}: not {expected} {style} row(s) on the first frame")
     for camera in cameras:
         asked = Counter(
             r["role"]
@@ -236,7 +247,9 @@ def verify(original: Path, root: Path, conn: redis.Redis, status: RunStatus) -> 
     modules = list(status.run.module_hashes)
     results = load_results(conn, status.run.run_id, episodes, modules)
     failures = [json.loads(r) for r in conn.lrange(keys.failures(status.run.run_id), 0, -1)]
-    vqa_failed = Counter(f["episode"] for f in failures if f["module"] == "vqa")
+    failed_items: dict[int, list[tuple[str, str]]] = {}
+    for failure in failures:
+        failed_items.setdefault(failure["episode"], []).append((failure["module"], failure["item"]))
     rows = read_episode_rows(root)
     hz = status.run.settings.vqa.vqa_hz
     for episode in episodes:
@@ -245,7 +258,7 @@ def verify(original: Path, root: Path, conn: redis.Redis, status: RunStatus) -> 
             continue
         ticks = len(tick_frames(read_episode_frames(meta, episode).timestamp, hz))
         problems += episode_problems(
-            episode, rows[episode], results[episode], ticks, cameras, vqa_failed[episode]
+            episode, rows[episode], results[episode], ticks, cameras, failed_items.get(episode, [])
         )
     return problems
 
@@ -254,7 +267,7 @@ def run_soak(work: Path, episodes: int, replicas: int) -> dict[str, Any]:
     started = time.monotonic()
     original = make_sample_dataset(
         work / "original", episodes=episodes, cameras=1, episodes_per_file=50, chunks_size=10,
-        min_length=10, max_length=20, width=48, height=32,
+        min_length=20, max_length=60, width=48, height=32,
     )  # fmt: skip
     generated_s = time.monotonic() - started
     root = Path(shutil.copytree(original, work / "run" / "dataset"))
@@ -270,7 +283,7 @@ def run_soak(work: Path, episodes: int, replicas: int) -> dict[str, Any]:
              "redis_url": server.url, "state_dir": str(work / "state")},
             env={},
         )  # fmt: skip
-        sampler = Sampler(conn, [])
+        sampler = Sampler(conn)
         done = threading.Event()
         run_started = time.monotonic()
         threads = [
@@ -279,9 +292,15 @@ def run_soak(work: Path, episodes: int, replicas: int) -> dict[str, Any]:
         ]
         for thread in threads:
             thread.start()
-        registered = threading.Thread(target=_wait_for_run, args=(conn, sampler), daemon=True)
-        registered.start()
-        result = annotate(config, root, progress=False)
+        # A job that fails for good (e.g. every subtask answer of an episode unusable) stops
+        # the run with exit code 1; as a user would, run the same command again (it resumes).
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            result = annotate(config, root, progress=False)
+            if result.exit_code != 1:
+                break
+            failed = result.status.failed_jobs if result.status else []
+            reasons = Counter(j.reason.split(": ", 2)[-1][:60] for j in failed)
+            events.append(f"annotate attempt {attempt} exited 1; failed jobs: {dict(reasons)}")
         run_s = time.monotonic() - run_started
         done.set()
         sampler.stop.set()
@@ -289,7 +308,8 @@ def run_soak(work: Path, episodes: int, replicas: int) -> dict[str, Any]:
             thread.join(timeout=10)
         status = read_status(conn, result.run_id)
         problems = [] if result.exit_code == 0 else [f"annotate exited {result.exit_code}"]
-        problems += verify(original, root, conn, status)
+        if status.committed:
+            problems += verify(original, root, conn, status)
         requests = [fleet.stats(i) for i in range(replicas)]
     finally:
         fleet.close()
@@ -298,15 +318,6 @@ def run_soak(work: Path, episodes: int, replicas: int) -> dict[str, Any]:
     return summarize(
         episodes, frames, generated_s, run_s, status, sampler.samples, requests, events, problems
     )
-
-
-def _wait_for_run(conn: redis.Redis, sampler: Sampler) -> None:
-    while not sampler.stop.is_set():
-        runs = [r.decode() if isinstance(r, bytes) else str(r) for r in conn.smembers(keys.RUNS)]
-        if runs:
-            sampler.run_id.append(runs[0])
-            return
-        time.sleep(0.2)
 
 
 def summarize(
@@ -320,15 +331,18 @@ def summarize(
     events: list[str],
     problems: list[str],
 ) -> dict[str, Any]:
-    quarter, end = _at(samples, 0.25), samples[-1]
     memory = {}
     for role in ("worker", "writer", "redis"):
         peak = max(s.rss.get(role, 0) for s in samples)
-        at_quarter, at_end = quarter.rss.get(role, 0), end.rss.get(role, 0)
-        growth = at_end / at_quarter if at_quarter else 0.0
-        memory[role] = {"peak_mib": peak / MiB, "at_25pct_mib": at_quarter / MiB,
-                        "at_end_mib": at_end / MiB, "growth": growth}  # fmt: skip
-    bounded = all(m["growth"] <= MAX_GROWTH for m in memory.values())
+        # Growth: the peak over the last quarter of the jobs against the peak over the
+        # second quarter (after start-up, imports and the first shards).
+        second, last = peak_between(samples, role, 0.25, 0.5), peak_between(samples, role, 0.75, 1)
+        growth = last / second if second else 0.0
+        memory[role] = {"peak_mib": peak / MiB, "q2_peak_mib": second / MiB,
+                        "q4_peak_mib": last / MiB, "growth": growth}  # fmt: skip
+    # Redis holds every staged result until the run ends (the resume cache): it grows with
+    # the episodes done by design, so only the processes are held to MAX_GROWTH.
+    bounded = all(memory[role]["growth"] <= MAX_GROWTH for role in ("worker", "writer"))
     counters = status.counters
 
     def total(suffix: str) -> int:
@@ -354,7 +368,8 @@ def summarize(
         "fault_events": events,
         "memory": memory,
         "redis_used_peak_mib": max(s.redis_used for s in samples) / MiB,
-        "redis_used_end_mib": end.redis_used / MiB,
+        "redis_used_peak_kib_per_episode": max(s.redis_used for s in samples) / 1024 / episodes,
+        "redis_used_end_mib": samples[-1].redis_used / MiB,
         "memory_bounded": bounded,
         "problems": problems[:50],
         "problem_count": len(problems),
@@ -384,12 +399,13 @@ def print_report(report: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         out.write(f"  {name:<34} {value}\n")
-    out.write(f"  {'memory (MiB)':<14}{'peak':>9}{'at 25%':>9}{'at end':>9}{'growth':>8}\n")
+    out.write(f"  {'RSS (MiB)':<14}{'peak':>9}{'25-50%':>9}{'75-100%':>9}{'growth':>8}\n")
     for role, m in report["memory"].items():
-        out.write(f"  {role:<14}{m['peak_mib']:>9.1f}{m['at_25pct_mib']:>9.1f}"
-                  f"{m['at_end_mib']:>9.1f}{m['growth']:>8.2f}\n")  # fmt: skip
-    out.write(f"  redis used_memory peak {report['redis_used_peak_mib']:.1f} MiB, "
-              f"end {report['redis_used_end_mib']:.1f} MiB\n")  # fmt: skip
+        out.write(f"  {role:<14}{m['peak_mib']:>9.1f}{m['q2_peak_mib']:>9.1f}"
+                  f"{m['q4_peak_mib']:>9.1f}{m['growth']:>8.2f}\n")  # fmt: skip
+    out.write(f"  redis used_memory peak {report['redis_used_peak_mib']:.1f} MiB "
+              f"({report['redis_used_peak_kib_per_episode']:.1f} KiB per episode), "
+              f"{report['redis_used_end_mib']:.1f} MiB after the commit\n")  # fmt: skip
     for problem in report["problems"]:
         out.write(f"  PROBLEM {problem}\n")
     out.write(f"soak {'PASSED' if report['ok'] else 'FAILED'}\n")

@@ -148,10 +148,15 @@ def measure_in_fresh_process(module: str, args: list[str], timeout_s: float = 30
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports KiB)."""
-    import resource
+    """This process's peak resident set size so far (``VmHWM``).
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    Not ``getrusage().ru_maxrss``: Linux carries that high-water mark across fork and exec,
+    so a child of a big parent would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def current_rss_bytes() -> int:
