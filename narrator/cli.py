@@ -188,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "in --redis-url / NARRATOR_REDIS_URL\n"
         )
         return 2
+    except redis.exceptions.NoPermissionError as exc:
+        sys.stderr.write(
+            f"narrator: the Redis user may not run a command narrator needs ({exc}); grant "
+            "it access to the narrator:* and rq:* keys (ACL SETUSER ... ~narrator:* ~rq:* "
+            "+@all) or use another user\n"
+        )
+        return 2
     except redis.exceptions.ConnectionError as exc:
         sys.stderr.write(
             f"narrator: cannot reach Redis: {redact_text(str(exc)).rstrip('.')}. "

@@ -131,7 +131,10 @@ def enqueue_run(
             pipe.sadd(keys.pending(run_id, data_file), *members)
     pipe.execute()
 
-    todo = [(m, e) for e in sorted(meta.episodes) for m in modules if (m, e) not in done]
+    # Module-major: every plan job first (the longest chains: subtasks, then the memory chain,
+    # then the episode's interjections), the vqa jobs (one step, all requests at once) last,
+    # so the run ends on jobs that drain the fleet quickly (tests/bench/bench_saturation.py).
+    todo = [(m, e) for m in modules for e in sorted(meta.episodes) if (m, e) not in done]
     enqueued, active = _enqueue_module_jobs(conn, run_id, todo, done, module_hashes, options)
     summary.enqueued, summary.already_active = enqueued, active
 

@@ -71,6 +71,10 @@ class Outcome:
     root: Path
     status: RunStatus
     earlier: list[AnnotateResult]  # calls before the last one (see run_copy's ``attempts``)
+    served: list[dict[str, Any]]  # each replica's stats at the end of the run
+
+    def served_total(self, name: str) -> int:
+        return sum(int(stats[name]) for stats in self.served)
 
     def counter(self, suffix: str) -> int:
         return sum(v for k, v in self.status.counters.items() if k.endswith(suffix))
@@ -121,10 +125,11 @@ def run_copy(
             during(fleet)
     finally:
         runner.join(timeout=200)
+        served = [fleet.stats(i) for i in range(REPLICAS)]
         _reset(fleet)
     assert box, "annotate did not return"
     status = read_status(redis.Redis.from_url(redis_url), box[-1].run_id)
-    return Outcome(box[-1], root, status, box[:-1])
+    return Outcome(box[-1], root, status, box[:-1], served)
 
 
 def assert_valid(outcome: Outcome) -> None:
@@ -156,20 +161,16 @@ ABSORBED: dict[str, tuple[dict[int, dict[str, Any]], dict[str, Any]]] = {
     "think_tags": ({i: {"think_tags": True} for i in ALL}, {}),
     "prose_around_json": ({i: {"prose": True} for i in ALL}, {}),
     "code_fences": ({i: {"fences": True} for i in ALL}, {}),
-    "all_three_wrappers": (
-        {i: {"think_tags": True, "prose": True, "fences": True} for i in ALL},
-        {},
-    ),
     "http_500_on_one_replica": ({0: {"error_rate": 0.6}}, {}),
     "http_503_on_two_replicas": (
         {0: {"error_rate": 0.3, "error_status": 503}, 1: {"error_rate": 0.3}},
         {},
     ),
     "http_429_throttling": ({1: {"error_rate": 0.5, "error_status": 429}}, {}),
-    "hangs_with_short_timeout": ({1: {"hang_rate": 0.3}}, {"timeout_s": 1.0}),
+    "hangs_with_short_timeout": ({1: {"hang_rate": 0.4}}, {"timeout_s": 0.8}),
     "dead_replica_from_the_start": ({2: {"dead": True}}, {}),
 }
-WRAPPERS = {"think_tags", "prose_around_json", "code_fences", "all_three_wrappers"}
+WRAPPERS = {"think_tags", "prose_around_json", "code_fences"}
 
 
 @pytest.mark.parametrize("case", sorted(ABSORBED))
@@ -200,32 +201,18 @@ def test_absorbed_fault_gives_the_clean_result(
         assert outcome.counter(":retries") == 0
     else:
         assert outcome.counter(":retries") > 0, outcome.status.counters
-
-
-def test_hung_requests_are_seen_at_the_server(
-    original: Path, fleet: Fleet, clean: dict[str, str], redis_url: str, tmp_path: Path
-) -> None:
-    hung: list[int] = []
-
-    def count_hangs(f: Fleet) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not hung:
-            if f.stats(0)["hung"]:
-                hung.append(int(f.stats(0)["hung"]))
-            time.sleep(0.05)
-
-    outcome = run_copy(
-        original,
-        tmp_path,
-        fleet,
-        redis_url,
-        faults={0: {"hang_rate": 0.5}},
-        during=count_hangs,
-        vlm={"urls": fleet.urls, "timeout_s": 0.8, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
+    # The fault did happen at the servers.
+    errors = sum(
+        n for stats in outcome.served for code, n in stats["by_status"].items() if code != "200"
     )
-    assert hung, "no request hung"
-    assert_valid(outcome)
-    assert output_hashes(outcome.root) == clean
+    seen = {
+        "hangs_with_short_timeout": outcome.served_total("hung"),
+        "dead_replica_from_the_start": outcome.served_total("dropped"),
+        "http_500_on_one_replica": errors,
+        "http_503_on_two_replicas": errors,
+        "http_429_throttling": errors,
+    }
+    assert seen.get(case, 1) > 0, outcome.served
 
 
 # --- faults that cost answers: the run completes, the losses are counted -------------------

@@ -149,7 +149,12 @@ def _decode_nearest(
                 # Sparse times (a job's 1 Hz samples): when a keyframe must lie between this
                 # frame and the next time, seek to it instead of decoding every frame between.
                 ahead_s = timestamps_s[order[pending]] - frame_s
-                if seek_ahead and keyframe_gap_s and ahead_s - now > 2 * keyframe_gap_s:
+                if (
+                    seek_ahead
+                    and keyframe_gap_s
+                    and ahead_s > start_s  # never repeat a seek (past the end it would loop)
+                    and ahead_s - now > 2 * keyframe_gap_s
+                ):
                     seek_s = ahead_s
                     break
     except av.FFmpegError as exc:

@@ -11,7 +11,8 @@ Flow of one episode:
    the frames shown* (0..n-1, captioned on every image), which the module maps to episode
    frames. The windows' answers are stitched into one gap-free cover of the episode, snapped
    to distinct frames, merged to at least ``min_subtask_seconds`` and at most ``max_subtasks``
-   spans (:mod:`workers.modules.spans`). No usable window at all raises ``BadAnswerError``.
+   spans (:mod:`workers.modules.spans`). No usable window at all is recorded as a failure of
+   the ``subtasks`` item; the episode then gets only its task rephrasings.
 3. Then three independent things run concurrently: the memory chain (sequential in itself:
    each request sees the previous memory, the completed subtask and the task), the plan
    request, and the task rephrasing request.
@@ -266,7 +267,18 @@ async def run_plan(ctx: EpisodeContext, client: VLMClient) -> ModuleOutput:
             f"episode {ctx.episode.index} has no frames; remove it from meta/episodes or "
             "re-export the dataset",
         )
-    spans, window_failures = await find_spans(ctx, client)
+    try:
+        spans, window_failures = await find_spans(ctx, client)
+    except BadAnswerError as exc:
+        # No usable subtask answer at all: record it and go on (SPEC section 3). The episode
+        # keeps its task rephrasings; plan, memory and interjections need subtasks.
+        failure = item_failure(ctx, MODULE, "subtasks", exc)
+        task_aug = await _task_aug(ctx, client)
+        return ModuleOutput(
+            rows=task_aug.rows,
+            failures=[failure, *task_aug.failures],
+            extra={"subtasks": [], "camera": ctx.cameras[0].key if ctx.cameras else None},
+        )
     subtask_rows = Collected(
         rows=[_persistent(s.start, "assistant", s.label, "subtask") for s in spans]
     )
