@@ -44,6 +44,7 @@ from workers.vlm_client import VLMClient
 log = get_logger(__name__)
 
 STALL_GRACE_S = 3.0
+STATUS_DUTY = 10  # the progress poll waits at least 10x what reading the status took
 REDIS_LOST_GRACE_S = 60.0  # how long the progress loop waits for an unreachable Redis
 
 
@@ -201,6 +202,7 @@ def _watch(
     redis_lost_since: float | None = None
     try:
         while True:
+            read_started = time.monotonic()
             try:
                 status = read_status(conn, run_id)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -212,6 +214,7 @@ def _watch(
                 time.sleep(poll_s)
                 continue
             redis_lost_since = None
+            read_s = time.monotonic() - read_started
             bar.n = status.jobs_done + status.files_staged
             bar.set_postfix_str(
                 f"files {status.files_staged}/{status.files_total} "
@@ -238,6 +241,8 @@ def _watch(
                         f"a narrator child process exited with code {child.returncode}; "
                         "see the logs in the state directory"
                     )
-            time.sleep(poll_s)
+            # A big run's status costs Redis real work (58 ms at 10k episodes): poll so that
+            # reading it takes at most 1/STATUS_DUTY of the time.
+            time.sleep(max(poll_s, STATUS_DUTY * read_s))
     finally:
         bar.close()

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 import redis
+import structlog
 
 from common.redis_server import LocalRedis
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """A test that runs the CLI in-process configures structlog for the whole process (level,
+    output); start every test from structlog's defaults so log-capturing tests see all."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ from narrator.local_run import annotate, child_env, resolve_model
 from producer.enqueue import enqueue_run
 from tests.bench.processes import ProcessSampler, SampledUsage, SimFleetProcess
 from tests.bench.support import REPO_ROOT, copy_dataset
-from tests.bench.timeline import Utilisation, merged, slot_utilisation
+from tests.bench.timeline import Utilisation, merged, service_overrun, slot_utilisation
 
 PHASES: tuple[tuple[str, ...], ...] = (
     ("plan",),
@@ -63,6 +63,7 @@ class PipelineRun:
     redis_used_after: int  # bytes, after the run committed (and cleaned up)
     phase_walls_s: list[float] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    sim_overrun: float = 0.0  # see timeline.service_overrun
 
     def cpu_per_request_ms(self, role: str) -> float:
         return 1000.0 * self.usage.cpu_s.get(role, 0.0) / max(self.requests, 1)
@@ -82,6 +83,7 @@ class PipelineRun:
             "redis_used_after_bytes": self.redis_used_after,
             "utilisation": self.utilisation.as_json(),
             "phase_walls_s": [round(w, 3) for w in self.phase_walls_s],
+            "sim_overrun": round(self.sim_overrun, 4),
             "config": self.config,
         }
 
@@ -129,7 +131,8 @@ def _finish(
     phase_walls: list[float] | None = None,
 ) -> PipelineRun:
     timeline = merged(fleet.timelines())
-    slots = fleet.settings.replicas * fleet.settings.slots
+    sim = fleet.settings
+    slots = sim.replicas * sim.slots
     return PipelineRun(
         mode=mode,
         episodes=episodes,
@@ -144,6 +147,7 @@ def _finish(
         redis_used_after=int(conn.info("memory")["used_memory"]),
         phase_walls_s=phase_walls or [],
         config=_config_summary(config),
+        sim_overrun=service_overrun(timeline, sim.base_s, sim.per_image_s, sim.per_output_token_s),
     )
 
 

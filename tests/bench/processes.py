@@ -9,8 +9,9 @@
 
 Invariant: CPU time is summed per pid from its last sample (user + system of the process
 itself, never ``children_*``, so a parent that reaps its pool children does not count them
-twice). A process's last ``interval_s`` before it exits can be missed, so CPU figures are
-lower bounds by at most one interval per process.
+twice), less what a process had already used when sampling started (the simulated fleet
+lives across several runs). A process's last ``interval_s`` before it exits can be missed, so
+CPU figures are lower bounds by at most one interval per process.
 """
 
 from __future__ import annotations
@@ -150,9 +151,12 @@ class ProcessSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
         self._cpu: dict[int, tuple[str, float]] = {}
+        self._start_cpu: dict[int, float] = {}
         self._usage = SampledUsage()
 
     def __enter__(self) -> ProcessSampler:
+        self._sample()
+        self._start_cpu = {pid: seconds for pid, (_, seconds) in self._cpu.items()}
         self._thread.start()
         return self
 
@@ -170,8 +174,8 @@ class ProcessSampler:
             self._thread.join()
             self._sample()
         cpu: dict[str, float] = {}
-        for role, seconds in self._cpu.values():
-            cpu[role] = cpu.get(role, 0.0) + seconds
+        for pid, (role, seconds) in self._cpu.items():
+            cpu[role] = cpu.get(role, 0.0) + seconds - self._start_cpu.get(pid, 0.0)
         self._usage.cpu_s = cpu
         return self._usage
 
