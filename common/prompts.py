@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from common.errors import ConfigError
+from narrator.common.errors import ConfigError
 
 SHIPPED_DIR = Path(__file__).with_name("prompts")
 

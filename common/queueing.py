@@ -31,15 +31,15 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
-from common import keys
-from common.errors import PermanentError
-from common.logging import get_logger
+from narrator.common import keys
+from narrator.common.errors import PermanentError
+from narrator.common.logging import get_logger
 
 log = get_logger(__name__)
 
-MODULE_JOB = "workers.jobs.run_module"
+MODULE_JOB = "narrator.workers.jobs.run_module"
 ACTIVE_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
-FINALIZE_JOB = "writer.finalize.finalize_file"
+FINALIZE_JOB = "narrator.writer.finalize.finalize_file"
 FINALIZE_TIMEOUT_S = 3600
 EXECUTION_TTL_S = 20  # a running job whose worker stops heartbeating is abandoned after this
 HEARTBEAT_INTERVAL_S = 4.0  # how often a running job's registry entry is renewed

@@ -25,10 +25,10 @@ import orjson
 import redis
 import redis.asyncio as aredis
 
-from common import keys
-from common.config import AnnotationSettings
-from common.errors import PermanentError
-from common.prompts import PromptSet
+from narrator.common import keys
+from narrator.common.config import AnnotationSettings
+from narrator.common.errors import PermanentError
+from narrator.common.prompts import PromptSet
 
 
 def compute_run_id(root: Path, fingerprint: str) -> str:

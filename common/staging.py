@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from common.contract import column_for_style
-from common.errors import ContractError
+from narrator.common.contract import column_for_style
+from narrator.common.errors import ContractError
 
 # module -> column -> allowed styles (None = speech atom)
 MODULE_STYLES: dict[str, dict[str, frozenset[str | None]]] = {

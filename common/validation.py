@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from common.contract import (
+from narrator.common.contract import (
     CAMERA_STYLES,
     EVENT_STYLES,
     PERSISTENT_STYLES,

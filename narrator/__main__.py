@@ -1,5 +1,5 @@
 """``python -m narrator`` runs the CLI."""
 
-from narrator.cli import main
+from narrator.cli.main import main
 
 raise SystemExit(main())

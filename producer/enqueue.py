@@ -24,19 +24,19 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from common import keys
-from common.config import AnnotationSettings
-from common.dataset import DatasetMeta, check_language_columns, load_dataset_meta
-from common.logging import get_logger
-from common.prompts import PromptSet
-from common.queueing import (
+from narrator.common import keys
+from narrator.common.config import AnnotationSettings
+from narrator.common.dataset.reader import DatasetMeta, check_language_columns, load_dataset_meta
+from narrator.common.logging import get_logger
+from narrator.common.prompts import PromptSet
+from narrator.common.queueing import (
     ACTIVE_STATES,
     JobOptions,
     enqueue_finalize_job,
     enqueue_module_jobs,
     module_job_data,
 )
-from common.runs import (
+from narrator.common.runs import (
     RunRecord,
     compute_module_hashes,
     compute_run_id,

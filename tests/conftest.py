@@ -10,7 +10,7 @@ import pytest
 import redis
 import structlog
 
-from common.redis_server import LocalRedis
+from narrator.local.redis_server import LocalRedis
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from common.config import FrameSettings
-from common.dataset import DatasetMeta, Episode, EpisodeFrames
-from common.errors import DatasetError
-from workers.frames import EncodedFrame, load_frames
+from narrator.common.config import FrameSettings
+from narrator.common.dataset.reader import DatasetMeta, Episode, EpisodeFrames
+from narrator.common.errors import DatasetError
+from narrator.workers.frames import EncodedFrame, load_frames
 
 
 class VideoFrameSource:

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from common.config import FrameSettings
-from common.dataset import DatasetMeta, Episode
-from common.dataset_layout import row_groups_covering
-from common.errors import DatasetError, VideoDecodeError
+from narrator.common.config import FrameSettings
+from narrator.common.dataset.layout import row_groups_covering
+from narrator.common.dataset.reader import DatasetMeta, Episode
+from narrator.common.errors import DatasetError, VideoDecodeError
 
 _TIME_EPSILON_S = 1e-6
 _TIE_EPSILON_S = 1e-9  # distances this close are a tie (decimal midpoints are inexact in binary)

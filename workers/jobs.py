@@ -25,27 +25,27 @@ from rq import get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from common import keys
-from common.dataset import read_episode_frames
-from common.errors import ContractError, PermanentError, TransientError
-from common.logging import get_logger
-from common.metrics import EPISODES_DONE, ITEM_FAILURES, JOBS_FAILED
-from common.queueing import (
+from narrator.common import keys
+from narrator.common.dataset.reader import read_episode_frames
+from narrator.common.errors import ContractError, PermanentError, TransientError
+from narrator.common.logging import get_logger
+from narrator.common.metrics import EPISODES_DONE, ITEM_FAILURES, JOBS_FAILED
+from narrator.common.queueing import (
     ACTIVE_STATES,
     JobOptions,
     enqueue_finalize_job,
     enqueue_module_jobs,
     module_job_data,
 )
-from common.runs import RunRecord, load_run_async, text
-from common.staging import ModuleResult, check_module_rows
-from workers.frame_source import VideoFrameSource
-from workers.modules.base import EpisodeContext, ModuleOutput, ModuleRunner
-from workers.modules.interjections import run_interjections
-from workers.modules.plan import run_plan
-from workers.modules.vqa import run_vqa
-from workers.runtime import current
-from workers.vlm_client import count_into
+from narrator.common.runs import RunRecord, load_run_async, text
+from narrator.common.staging import ModuleResult, check_module_rows
+from narrator.workers.frame_source import VideoFrameSource
+from narrator.workers.modules.base import EpisodeContext, ModuleOutput, ModuleRunner
+from narrator.workers.modules.interjections import run_interjections
+from narrator.workers.modules.plan import run_plan
+from narrator.workers.modules.vqa import run_vqa
+from narrator.workers.runtime import current
+from narrator.workers.vlm_client import count_into
 
 log = get_logger(__name__)
 

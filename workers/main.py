@@ -22,13 +22,13 @@ from types import FrameType
 import redis
 from rq.serializers import JSONSerializer
 
-from common import keys
-from common.config import NarratorConfig
-from common.errors import ConfigError
-from common.logging import configure_logging, get_logger
-from common.metrics import start_metrics_server, start_multiprocess_metrics_server
-from workers import runtime
-from workers.runtime import NarratorJob, NarratorWorker, ThreadedNarratorWorker
+from narrator.common import keys
+from narrator.common.config import NarratorConfig
+from narrator.common.errors import ConfigError
+from narrator.common.logging import configure_logging, get_logger
+from narrator.common.metrics import start_metrics_server, start_multiprocess_metrics_server
+from narrator.workers import runtime
+from narrator.workers.runtime import NarratorJob, NarratorWorker, ThreadedNarratorWorker
 
 log = get_logger(__name__)
 

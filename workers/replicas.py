@@ -24,10 +24,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.logging import get_logger, redact_text
-from common.metrics import REPLICA_HEALTHY, VLM_IN_FLIGHT
+from narrator.common.logging import get_logger, redact_text
+from narrator.common.metrics import REPLICA_HEALTHY, VLM_IN_FLIGHT
 
-log = get_logger("workers.replicas")
+log = get_logger("narrator.workers.replicas")
 
 DEFAULT_FAILURE_THRESHOLD = 3
 

@@ -27,11 +27,11 @@ import redis.asyncio as aredis
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 
-from common.config import NarratorConfig
-from common.dataset import DatasetMeta, load_dataset_meta
-from common.errors import ConfigError
-from common.queueing import HeartbeatWorker, PermanentAwareJob
-from workers.vlm_client import VLMClient
+from narrator.common.config import NarratorConfig
+from narrator.common.dataset.reader import DatasetMeta, load_dataset_meta
+from narrator.common.errors import ConfigError
+from narrator.common.queueing import HeartbeatWorker, PermanentAwareJob
+from narrator.workers.vlm_client import VLMClient
 
 T = TypeVar("T")
 

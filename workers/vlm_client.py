@@ -41,18 +41,18 @@ from typing import Any
 import aiohttp
 import orjson
 
-from common.config import VLMSettings
-from common.errors import (
+from narrator.common.config import VLMSettings
+from narrator.common.errors import (
     BadAnswerError,
     ConfigError,
     VLMRequestRejectedError,
     VLMUnavailableError,
 )
-from common.logging import get_logger
-from common.metrics import VLM_IMAGES, VLM_LATENCY, VLM_REQUESTS, VLM_TOKENS
-from workers.json_answer import extract_json_object
-from workers.replicas import Replica, ReplicaPool
-from workers.vlm_protocol import (
+from narrator.common.logging import get_logger
+from narrator.common.metrics import VLM_IMAGES, VLM_LATENCY, VLM_REQUESTS, VLM_TOKENS
+from narrator.workers.json_answer import extract_json_object
+from narrator.workers.replicas import Replica, ReplicaPool
+from narrator.workers.vlm_protocol import (
     AttemptFailed,
     Reply,
     backoff_delay,
@@ -79,7 +79,7 @@ def count_into(counter: Counter[str]) -> Iterator[Counter[str]]:
         _COUNTER_SCOPE.reset(token)
 
 
-log = get_logger("workers.vlm_client")
+log = get_logger("narrator.workers.vlm_client")
 
 DEFAULT_IN_FLIGHT_PER_REPLICA = 32
 MAX_TOKENS_CAP = 8192

@@ -23,9 +23,9 @@ import redis
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from common import keys
-from common.logging import get_logger
-from common.runs import RunRecord
+from narrator.common import keys
+from narrator.common.logging import get_logger
+from narrator.common.runs import RunRecord
 
 log = get_logger(__name__)
 

@@ -18,10 +18,15 @@ from typing import Any
 
 import orjson
 
-from common.contract import LANGUAGE_COLUMNS, LANGUAGE_FEATURE, LEGACY_SUBTASK_COLUMN, SAY_TOOL
-from common.errors import DatasetError
-from common.logging import get_logger
-from writer.shard import fsync_path, remove_stale_temp_files, write_bytes_atomically
+from narrator.common.contract import (
+    LANGUAGE_COLUMNS,
+    LANGUAGE_FEATURE,
+    LEGACY_SUBTASK_COLUMN,
+    SAY_TOOL,
+)
+from narrator.common.errors import DatasetError
+from narrator.common.logging import get_logger
+from narrator.writer.shard import fsync_path, remove_stale_temp_files, write_bytes_atomically
 
 log = get_logger(__name__)
 

@@ -26,20 +26,25 @@ import orjson
 import redis
 from rq import get_current_job
 
-from common import keys
-from common.contract import LanguageRow, sort_events, sort_persistent
-from common.dataset import DatasetMeta, EpisodeFrames, load_dataset_meta, read_file_frames
-from common.errors import ContractError, PermanentError, SecurityError, TransientError
-from common.language_io import EpisodeLanguage, read_file_language
-from common.logging import get_logger
-from common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
-from common.runs import RunRecord, load_run, load_run_files, text
-from common.staging import ModuleResult, StagedRow
-from common.validation import Finding, validate_episode
-from writer.cleanup import forget_finished_jobs
-from writer.commit import commit, resume_commits, stage_dir
-from writer.merge import kept_rows
-from writer.shard import EpisodeRange, language_columns, write_language_shard
+from narrator.common import keys
+from narrator.common.contract import LanguageRow, sort_events, sort_persistent
+from narrator.common.dataset.language import EpisodeLanguage, read_file_language
+from narrator.common.dataset.reader import (
+    DatasetMeta,
+    EpisodeFrames,
+    load_dataset_meta,
+    read_file_frames,
+)
+from narrator.common.errors import ContractError, PermanentError, SecurityError, TransientError
+from narrator.common.logging import get_logger
+from narrator.common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
+from narrator.common.runs import RunRecord, load_run, load_run_files, text
+from narrator.common.staging import ModuleResult, StagedRow
+from narrator.common.validation import Finding, validate_episode
+from narrator.writer.cleanup import forget_finished_jobs
+from narrator.writer.commit import commit, resume_commits, stage_dir
+from narrator.writer.merge import kept_rows
+from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
 
 log = get_logger(__name__)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import redis
 from rq.serializers import JSONSerializer
 
-from common import keys
-from common.config import NarratorConfig
-from common.errors import ConfigError
-from common.logging import get_logger
-from common.metrics import start_metrics_server
-from common.queueing import HeartbeatWorker, PermanentAwareJob
-from common.runs import load_run, text
-from writer.finalize import resume_interrupted
+from narrator.common import keys
+from narrator.common.config import NarratorConfig
+from narrator.common.errors import ConfigError
+from narrator.common.logging import get_logger
+from narrator.common.metrics import start_metrics_server
+from narrator.common.queueing import HeartbeatWorker, PermanentAwareJob
+from narrator.common.runs import load_run, text
+from narrator.writer.finalize import resume_interrupted
 
 log = get_logger(__name__)
 

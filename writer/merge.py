@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from common.contract import LanguageRow
+from narrator.common.contract import LanguageRow
 
 
 def row_owner(row: LanguageRow, *, interjection_times: Collection[float]) -> str | None:

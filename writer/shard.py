@@ -29,7 +29,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.contract import (
+from narrator.common.contract import (
     COLUMN_TYPES,
     EVENTS_COLUMN,
     EVENTS_COLUMN_TYPE,

@@ -26,19 +26,19 @@ import av
 import orjson
 import redis
 
-from common import keys
-from common.dataset import load_dataset_meta, read_episode_frames
-from common.redis_server import LocalRedis
-from common.staging import ModuleResult, StagedRow
+from narrator.common import keys
+from narrator.common.dataset.reader import load_dataset_meta, read_episode_frames
+from narrator.common.staging import ModuleResult, StagedRow
+from narrator.local.redis_server import LocalRedis
+from narrator.workers.frames import decode_video_frames, encode_frame
+from narrator.workers.jobs import PUBLISH_SCRIPT
+from narrator.workers.json_answer import extract_json_object
+from narrator.workers.modules.asking import user_message
+from narrator.workers.vlm_protocol import chat_body
 from tests.bench.pipeline import run_default
 from tests.bench.processes import SimFleetProcess, SimSettings
 from tests.bench.report import main_for
 from tests.bench.support import BenchContext, BenchResult, sample_dataset
-from workers.frames import decode_video_frames, encode_frame
-from workers.jobs import PUBLISH_SCRIPT
-from workers.json_answer import extract_json_object
-from workers.modules.asking import user_message
-from workers.vlm_protocol import chat_body
 
 NAME = "client-overhead"
 FAST_SIM = SimSettings(replicas=4, slots=8, base_s=0.05, per_image_s=0.005, per_output_token_s=0.0)
@@ -140,7 +140,7 @@ def _decode_figures(ctx: BenchContext, out: BenchResult) -> dict[str, Any]:
 
 
 def _json_figures(out: BenchResult, data_url: str) -> dict[str, float]:
-    from workers.frames import EncodedFrame
+    from narrator.workers.frames import EncodedFrame
 
     frame = EncodedFrame(data_url, 517, 387, 640, 480)
     frames = [(f"Frame {i} (t={i:.2f} s):", frame) for i in range(16)]

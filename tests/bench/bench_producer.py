@@ -22,13 +22,13 @@ from typing import Any
 
 import redis
 
-from common.config import AnnotationSettings
-from common.dataset import load_dataset_meta
-from common.prompts import load_prompts
-from common.redis_server import LocalRedis
-from common.status import read_status
-from narrator.simvlm import DEFAULT_MODEL
-from producer.enqueue import enqueue_run
+from narrator.common.config import AnnotationSettings
+from narrator.common.dataset.reader import load_dataset_meta
+from narrator.common.prompts import load_prompts
+from narrator.local.redis_server import LocalRedis
+from narrator.ops.status import read_status
+from narrator.producer.enqueue import enqueue_run
+from narrator.simulator import DEFAULT_MODEL
 from tests.bench.pipeline import PipelineRun, run_default
 from tests.bench.processes import SimFleetProcess, SimSettings
 from tests.bench.report import main_for

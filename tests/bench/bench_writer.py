@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from common.contract import LanguageRow, say_tool_call
+from narrator.common.contract import LanguageRow, say_tool_call
 from tests.bench.report import main_for
 from tests.bench.support import (
     BenchContext,
@@ -111,7 +111,7 @@ def _warm_up(directory: Path) -> None:
 
 
 def _child(mode: str, src: Path, dst: Path) -> dict[str, Any]:
-    from writer.shard import EpisodeRange, language_columns, write_language_shard
+    from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
 
     prepared: dict[str, Any] = {}
     if mode == "rewrite":

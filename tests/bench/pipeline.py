@@ -1,7 +1,7 @@
 """Whole-pipeline runs for the benchmarks: the default ``annotate`` path, and a phase-barrier
 orchestration that exists only here.
 
-* :func:`run_default` - :func:`narrator.local_run.annotate` with a default configuration
+* :func:`run_default` - :func:`narrator.local.run.annotate` with a default configuration
   (only the VLM URLs, the Redis URL and the state directory are given), exactly what
   ``narrator annotate ROOT --vlm-url ...`` does.
 * :func:`run_phase_barrier` - the same producer, workers and writer, but the run is enqueued
@@ -27,15 +27,15 @@ from typing import Any
 
 import redis
 
-from common import keys
-from common.config import NarratorConfig, load_config
-from common.dataset import load_dataset_meta
-from common.prompts import load_prompts
-from common.queueing import JobOptions
-from common.redis_server import LocalRedis
-from common.status import read_status
-from narrator.local_run import annotate, child_env, resolve_model
-from producer.enqueue import enqueue_run
+from narrator.common import keys
+from narrator.common.config import NarratorConfig, load_config
+from narrator.common.dataset.reader import load_dataset_meta
+from narrator.common.prompts import load_prompts
+from narrator.common.queueing import JobOptions
+from narrator.local.redis_server import LocalRedis
+from narrator.local.run import annotate, child_env, resolve_model
+from narrator.ops.status import read_status
+from narrator.producer.enqueue import enqueue_run
 from tests.bench.processes import ProcessSampler, SampledUsage, SimFleetProcess
 from tests.bench.support import REPO_ROOT, copy_dataset
 from tests.bench.timeline import Utilisation, merged, service_overrun, slot_utilisation

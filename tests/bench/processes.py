@@ -1,6 +1,6 @@
 """Processes a benchmark runs beside narrator, and what it measures of them.
 
-* :class:`SimFleetProcess` - ``python -m narrator.simvlm`` in its own process (so the
+* :class:`SimFleetProcess` - ``python -m narrator.simulator`` in its own process (so the
   simulated GPUs never compete with the benchmark's own interpreter for the GIL), driven
   over its admin HTTP API: reset, stats, per-request timeline.
 * :class:`ProcessSampler` - a thread that samples, every ``interval_s``, the CPU time and RSS
@@ -59,7 +59,7 @@ class SimFleetProcess:
     def __enter__(self) -> SimFleetProcess:
         s = self.settings
         args = [
-            sys.executable, "-m", "narrator.simvlm",
+            sys.executable, "-m", "narrator.simulator",
             "--replicas", str(s.replicas), "--port", "0",
             "--slots", str(s.slots), "--base-s", str(s.base_s),
             "--per-image-s", str(s.per_image_s),
@@ -125,7 +125,7 @@ def role_of(cmdline: list[str]) -> str:
     text = " ".join(cmdline)
     if "redis-server" in text:
         return "redis"
-    if "narrator.simvlm" in text:
+    if "narrator.simulator" in text:
         return "sim"
     if "narrator" in text and " worker" in text:
         return "worker"

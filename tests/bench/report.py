@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from common.logging import configure_logging
+from narrator.common.logging import configure_logging
 from tests.bench.support import BenchContext, BenchResult, Figure
 
 BENCH_TIMEOUT_S = 480

@@ -40,19 +40,19 @@ import psutil  # type: ignore[import-untyped]
 import pyarrow.parquet as pq
 import redis
 
-from common import keys
-from common.config import load_config
-from common.contract import EVENTS_COLUMN, PERSISTENT_COLUMN
-from common.dataset import load_dataset_meta, read_episode_frames
-from common.dataset_check import check_annotated_dataset
-from common.redis_server import LocalRedis
-from common.runs import text
-from common.staging import ModuleResult
-from common.status import RunStatus, read_status
-from narrator.local_run import annotate
-from narrator.sample_dataset import make_sample_dataset
-from narrator.simvlm.fleet import Fleet, start_fleet
-from workers.modules.ticks import tick_frames
+from narrator.common import keys
+from narrator.common.config import load_config
+from narrator.common.contract import EVENTS_COLUMN, PERSISTENT_COLUMN
+from narrator.common.dataset.reader import load_dataset_meta, read_episode_frames
+from narrator.common.runs import text
+from narrator.common.staging import ModuleResult
+from narrator.inspection.dataset_check import check_annotated_dataset
+from narrator.local.redis_server import LocalRedis
+from narrator.local.run import annotate
+from narrator.ops.status import RunStatus, read_status
+from narrator.samples.dataset import make_sample_dataset
+from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.workers.modules.ticks import tick_frames
 
 MAX_ATTEMPTS = 3  # annotate runs (the first and resumes) before the soak gives up
 MAX_GROWTH = 1.30  # peak RSS over the last quarter of the jobs / over the second quarter

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from narrator.sample_dataset import make_sample_dataset
+from narrator.samples.dataset import make_sample_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

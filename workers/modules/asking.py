@@ -19,14 +19,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from common.errors import BadAnswerError, VLMRequestRejectedError
-from common.logging import get_logger
-from common.staging import Failure, StagedRow
+from narrator.common.errors import BadAnswerError, VLMRequestRejectedError
+from narrator.common.logging import get_logger
+from narrator.common.staging import Failure, StagedRow
 
 if TYPE_CHECKING:
-    from workers.frames import EncodedFrame
-    from workers.modules.base import EpisodeContext
-    from workers.vlm_client import VLMClient
+    from narrator.workers.frames import EncodedFrame
+    from narrator.workers.modules.base import EpisodeContext
+    from narrator.workers.vlm_client import VLMClient
 
 ITEM_ERRORS: tuple[type[Exception], ...] = (BadAnswerError, VLMRequestRejectedError)
 

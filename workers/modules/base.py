@@ -17,14 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from common.config import AnnotationSettings
-from common.prompts import PromptSet
-from common.staging import Failure, ModuleResult, StagedRow
+from narrator.common.config import AnnotationSettings
+from narrator.common.prompts import PromptSet
+from narrator.common.staging import Failure, ModuleResult, StagedRow
 
 if TYPE_CHECKING:
-    from common.dataset import CameraInfo, Episode, EpisodeFrames
-    from workers.frames import EncodedFrame
-    from workers.vlm_client import VLMClient
+    from narrator.common.dataset.reader import CameraInfo, Episode, EpisodeFrames
+    from narrator.workers.frames import EncodedFrame
+    from narrator.workers.vlm_client import VLMClient
 
 
 class FrameSource(Protocol):

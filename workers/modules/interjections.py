@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from common.contract import say_tool_call
-from common.errors import ContractError
-from common.staging import StagedRow
-from workers.modules import schemas
-from workers.modules.answers import (
+from narrator.common.contract import say_tool_call
+from narrator.common.errors import ContractError
+from narrator.common.staging import StagedRow
+from narrator.workers.modules import schemas
+from narrator.workers.modules.answers import (
     bulleted,
     numbered,
     parse_interjection,
     parse_steps,
     parse_utterance,
 )
-from workers.modules.asking import (
+from narrator.workers.modules.asking import (
     ITEM_ERRORS,
     Collected,
     ask,
@@ -47,12 +47,12 @@ from workers.modules.asking import (
     merge,
     user_message,
 )
-from workers.modules.base import EpisodeContext, ModuleOutput
-from workers.modules.spans import Span, spans_from_extra
-from workers.modules.ticks import spread_frames
+from narrator.workers.modules.base import EpisodeContext, ModuleOutput
+from narrator.workers.modules.spans import Span, spans_from_extra
+from narrator.workers.modules.ticks import spread_frames
 
 if TYPE_CHECKING:
-    from workers.vlm_client import VLMClient
+    from narrator.workers.vlm_client import VLMClient
 
 MODULE = "interjections"
 CONTEXT_STEP_S = 0.5

@@ -29,10 +29,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from common.errors import BadAnswerError, DatasetError
-from common.staging import StagedRow
-from workers.modules import schemas
-from workers.modules.answers import (
+from narrator.common.errors import BadAnswerError, DatasetError
+from narrator.common.staging import StagedRow
+from narrator.workers.modules import schemas
+from narrator.workers.modules.answers import (
     bulleted,
     numbered,
     parse_memory,
@@ -40,7 +40,7 @@ from workers.modules.answers import (
     parse_steps,
     parse_subtasks,
 )
-from workers.modules.asking import (
+from narrator.workers.modules.asking import (
     ITEM_ERRORS,
     Collected,
     ask,
@@ -50,8 +50,8 @@ from workers.modules.asking import (
     merge,
     user_message,
 )
-from workers.modules.base import EpisodeContext, ModuleOutput
-from workers.modules.spans import (
+from narrator.workers.modules.base import EpisodeContext, ModuleOutput
+from narrator.workers.modules.spans import (
     Boundary,
     Span,
     Window,
@@ -60,11 +60,11 @@ from workers.modules.spans import (
     stitch_windows,
     window_boundaries,
 )
-from workers.modules.ticks import sample_frames
+from narrator.workers.modules.ticks import sample_frames
 
 if TYPE_CHECKING:
-    from workers.frames import EncodedFrame
-    from workers.vlm_client import VLMClient
+    from narrator.workers.frames import EncodedFrame
+    from narrator.workers.vlm_client import VLMClient
 
 MODULE = "plan"
 

@@ -27,9 +27,9 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from common.staging import StagedRow
-from workers.modules import schemas
-from workers.modules.asking import (
+from narrator.common.staging import StagedRow
+from narrator.workers.modules import schemas
+from narrator.workers.modules.asking import (
     ITEM_ERRORS,
     Collected,
     ask,
@@ -38,14 +38,14 @@ from workers.modules.asking import (
     merge,
     user_message,
 )
-from workers.modules.base import EpisodeContext, ModuleOutput
-from workers.modules.coordinates import ImageGeometry
-from workers.modules.ticks import tick_frames
-from workers.modules.vqa_answers import answer_text, parse_vqa_answer
+from narrator.workers.modules.base import EpisodeContext, ModuleOutput
+from narrator.workers.modules.coordinates import ImageGeometry
+from narrator.workers.modules.ticks import tick_frames
+from narrator.workers.modules.vqa_answers import answer_text, parse_vqa_answer
 
 if TYPE_CHECKING:
-    from workers.frames import EncodedFrame
-    from workers.vlm_client import VLMClient
+    from narrator.workers.frames import EncodedFrame
+    from narrator.workers.vlm_client import VLMClient
 
 MODULE = "vqa"
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from workers.modules.coordinates import ImageGeometry, map_box, map_point
-from workers.modules.schemas import SPATIAL_RELATIONS
+from narrator.workers.modules.coordinates import ImageGeometry, map_box, map_point
+from narrator.workers.modules.schemas import SPATIAL_RELATIONS
 
 
 @dataclass(frozen=True)

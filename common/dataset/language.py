@@ -1,0 +1,103 @@
+"""Reading the language rows of an annotated dataset, per data file or per episode.
+
+Used by ``narrator render``, ``narrator report`` and the writer (to keep rows a run does
+not own). Reads only ``episode_index``, ``timestamp``, ``task_index`` and the two language
+columns.
+
+Invariants:
+* Read-only. Problems are :class:`~common.errors.DatasetError` naming the file and what to do.
+* An episode's frames are its rows in file order; ``events_by_frame`` keys are the
+  episode-relative positions of those rows, ``timestamps`` the stored float32 values.
+* The persistent list is taken from the episode's first frame (it is the same on every frame
+  of a valid dataset; ``narrator validate`` checks that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from narrator.common.contract import EVENTS_COLUMN, PERSISTENT_COLUMN, LanguageRow, row_from_dict
+from narrator.common.dataset.meta import DatasetMeta
+from narrator.common.errors import DatasetError
+
+READ_COLUMNS = ("episode_index", "timestamp", "task_index", PERSISTENT_COLUMN, EVENTS_COLUMN)
+
+
+@dataclass(frozen=True)
+class EpisodeLanguage:
+    episode: int
+    timestamps: np.ndarray  # float32, one per frame
+    task_index: int  # of the first frame
+    persistent: list[LanguageRow]
+    events_by_frame: dict[int, list[LanguageRow]] = field(default_factory=dict)
+
+    @property
+    def frames(self) -> int:
+        return len(self.timestamps)
+
+
+def _rows(values: pa.Array, start: int, stop: int) -> list[LanguageRow]:
+    return [row_from_dict(item) for item in values.slice(start, stop - start).to_pylist()]
+
+
+def _split(table: pa.Table) -> dict[int, EpisodeLanguage]:
+    episodes = table.column("episode_index").to_numpy()
+    timestamps = table.column("timestamp").to_numpy()
+    tasks = table.column("task_index").to_numpy()
+    persistent = table.column(PERSISTENT_COLUMN).combine_chunks()
+    events = table.column(EVENTS_COLUMN).combine_chunks()
+    p_off = persistent.offsets.to_numpy()
+    e_off = events.offsets.to_numpy()
+    out: dict[int, EpisodeLanguage] = {}
+    change = np.flatnonzero(np.diff(episodes)) + 1
+    starts = np.concatenate([[0], change]).astype(int)
+    stops = np.concatenate([change, [len(episodes)]]).astype(int)
+    for start, stop in zip(starts, stops, strict=True):
+        by_frame: dict[int, list[LanguageRow]] = {}
+        for row in range(start, stop):
+            if e_off[row + 1] > e_off[row]:
+                by_frame[row - start] = _rows(events.values, int(e_off[row]), int(e_off[row + 1]))
+        episode = int(episodes[start])
+        out[episode] = EpisodeLanguage(
+            episode=episode,
+            timestamps=timestamps[start:stop].astype(np.float32),
+            task_index=int(tasks[start]),
+            persistent=_rows(persistent.values, int(p_off[start]), int(p_off[start + 1])),
+            events_by_frame=by_frame,
+        )
+    return out
+
+
+def _read(path: Path, episode: int | None) -> pa.Table:
+    try:
+        schema = pq.read_schema(path)
+        missing = [c for c in READ_COLUMNS if schema.get_field_index(c) < 0]
+        if missing:
+            raise DatasetError(
+                path,
+                f"has no column(s) {missing}; it is not annotated yet (run `narrator annotate`)",
+            )
+        filters = [("episode_index", "=", episode)] if episode is not None else None
+        return pq.read_table(path, columns=list(READ_COLUMNS), filters=filters)
+    except (OSError, pa.ArrowException) as exc:
+        raise DatasetError(path, f"cannot be read as parquet ({exc})") from exc
+
+
+def read_file_language(meta: DatasetMeta, data_file: str) -> dict[int, EpisodeLanguage]:
+    """The language rows of every episode of one data file, keyed by episode index."""
+    return _split(_read(meta.root / data_file, None))
+
+
+def read_episode_language(meta: DatasetMeta, episode: int) -> EpisodeLanguage:
+    """The language rows of one episode (reads only the row groups that can hold it)."""
+    ep = meta.episode(episode)
+    path = meta.root / ep.data_file
+    found = _split(_read(path, episode)).get(episode)
+    if found is None:
+        raise DatasetError(path, f"holds no rows of episode {episode}")
+    return found

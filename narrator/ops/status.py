@@ -1,0 +1,204 @@
+"""Progress of a run, read from Redis: per module, per file, failures, throughput, ETA.
+
+Used by ``narrator status``, the progress bar of ``narrator annotate`` and ``retry-failed``.
+Read-only, except :func:`retry_failed`, which re-enqueues a run's failed jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+from rq.job import Job
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from narrator.common import keys
+from narrator.common.queueing import module_queue, writer_queue
+from narrator.common.runs import RunRecord, load_run, load_run_files, text
+
+
+@dataclass
+class FailedJob:
+    job_id: str
+    queue: str
+    reason: str
+
+
+@dataclass
+class RunStatus:
+    run: RunRecord
+    modules: dict[str, tuple[int, int]]  # module -> (done, total)
+    files_staged: int
+    files_total: int
+    pending_by_file: dict[str, int]
+    committed: bool
+    queued: int
+    started: int
+    deferred: int
+    failed_jobs: list[FailedJob]
+    item_failures: int
+    item_failure_kinds: dict[str, int]
+    writer_errors: dict[str, list[dict[str, Any]]]
+    counters: dict[str, int]
+    elapsed_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def jobs_done(self) -> int:
+        return sum(d for d, _ in self.modules.values())
+
+    @property
+    def jobs_total(self) -> int:
+        return sum(t for _, t in self.modules.values())
+
+    @property
+    def state(self) -> str:
+        if self.committed:
+            return "done"
+        if self.queued or self.started or self.deferred:
+            return "running"
+        if self.failed_jobs or self.writer_errors:
+            return "failed"
+        if self.jobs_done == self.jobs_total and self.files_staged < self.files_total:
+            return "writing"
+        return "idle"
+
+    def throughput_per_s(self) -> float:
+        return self.jobs_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def eta_s(self) -> float | None:
+        rate = self.throughput_per_s()
+        remaining = self.jobs_total - self.jobs_done
+        return remaining / rate if rate > 0 else None
+
+
+def _run_jobs(ids: list[str], run_id: str) -> list[str]:
+    prefix = f"nar-{run_id}-"
+    return [i for i in ids if i.startswith(prefix)]
+
+
+def read_status(conn: redis.Redis, run_id: str) -> RunStatus:
+    run = load_run(conn, run_id)
+    files = load_run_files(conn, run_id)
+    pipe = conn.pipeline(transaction=False)
+    for f in files:
+        pipe.smembers(keys.pending(run_id, f))
+    pending_sets = pipe.execute()
+    pending_by_module: Counter[str] = Counter()
+    pending_by_file: dict[str, int] = {}
+    for f, members in zip(files, pending_sets, strict=True):
+        pending_by_file[f] = len(members)
+        for m in members:
+            pending_by_module[(text(m) or "").split(":", 1)[0]] += 1
+    modules = {
+        m: (run.total_episodes - pending_by_module[m], run.total_episodes)
+        for m in run.module_hashes
+    }
+    staged = conn.hgetall(keys.staged_files(run_id))
+    files_staged = sum(1 for v in staged.values() if text(v) == run.generation)
+    committed = text(conn.get(keys.committed(run_id))) == run.generation
+
+    failed: list[FailedJob] = []
+    queued = started = deferred = 0
+    for queue in (module_queue(conn), writer_queue(conn)):
+        queued += len(_run_jobs(queue.get_job_ids(), run_id))
+        started += len(_run_jobs(StartedJobRegistry(queue=queue).get_job_ids(), run_id))
+        deferred += len(_run_jobs(DeferredJobRegistry(queue=queue).get_job_ids(), run_id))
+        failed_ids = _run_jobs(FailedJobRegistry(queue=queue).get_job_ids(), run_id)
+        jobs = Job.fetch_many(failed_ids, connection=conn, serializer=JSONSerializer)
+        for job_id, job in zip(failed_ids, jobs, strict=True):
+            reason = "job data missing"
+            if job is not None:
+                info = job.latest_result()
+                exc = (info.exc_string if info is not None else None) or ""
+                reason = exc.strip().splitlines()[-1] if exc.strip() else "unknown"
+            failed.append(FailedJob(job_id, queue.name, reason))
+    raw_failures = conn.lrange(keys.failures(run_id), 0, -1)
+    kinds: Counter[str] = Counter(orjson.loads(r)["kind"] for r in raw_failures)
+    writer_errors = {
+        text(k) or "": orjson.loads(v) for k, v in conn.hgetall(keys.writer_errors(run_id)).items()
+    }
+    counters = {text(k) or "": int(v) for k, v in conn.hgetall(keys.stats(run_id)).items()}
+    return RunStatus(
+        run=run,
+        modules=modules,
+        files_staged=files_staged,
+        files_total=len(files),
+        pending_by_file=pending_by_file,
+        committed=committed,
+        queued=queued,
+        started=started,
+        deferred=deferred,
+        failed_jobs=failed,
+        item_failures=len(raw_failures),
+        item_failure_kinds=dict(kinds),
+        writer_errors=writer_errors,
+        counters=counters,
+        elapsed_s=max(time.time() - run.created_at, 0.0),
+    )
+
+
+def list_runs(conn: redis.Redis) -> list[str]:
+    return sorted(text(r) or "" for r in conn.smembers(keys.RUNS))
+
+
+def retry_failed(conn: redis.Redis, run_id: str) -> int:
+    """Re-enqueue every failed job of ``run_id`` (module and writer queues)."""
+    load_run(conn, run_id)  # fail clearly on an unknown run
+    count = 0
+    for queue in (module_queue(conn), writer_queue(conn)):
+        registry = FailedJobRegistry(queue=queue)
+        for job_id in _run_jobs(registry.get_job_ids(), run_id):
+            registry.requeue(job_id)
+            count += 1
+    return count
+
+
+def format_status(status: RunStatus) -> str:
+    run = status.run
+    lines = [
+        f"run {run.run_id}  state: {status.state}  dataset: {run.root}",
+        f"model: {run.model}  generation: {run.generation}",
+    ]
+    for module, (done, total) in status.modules.items():
+        lines.append(f"  {module:<14} {done:>7}/{total:<7} episodes")
+    lines.append(
+        f"  files staged {status.files_staged}/{status.files_total}"
+        f"  committed: {'yes' if status.committed else 'no'}"
+    )
+    lines.append(
+        f"  jobs queued {status.queued}  running {status.started}  waiting {status.deferred}"
+        f"  failed {len(status.failed_jobs)}"
+    )
+    rate = status.throughput_per_s()
+    eta = status.eta_s()
+    lines.append(
+        f"  throughput {rate:.2f} jobs/s"
+        + (f"  ETA {eta:.0f} s" if eta is not None and not status.committed else "")
+    )
+    if status.counters:
+        req = sum(v for k, v in status.counters.items() if k.endswith(":requests"))
+        toks = sum(v for k, v in status.counters.items() if k.endswith("tokens"))
+        imgs = sum(v for k, v in status.counters.items() if k.endswith(":images"))
+        lines.append(f"  VLM requests {req}  tokens {toks}  images {imgs}")
+    if status.item_failures:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(status.item_failure_kinds.items()))
+        lines.append(f"  item failures {status.item_failures} ({kinds})")
+    for job in status.failed_jobs[:20]:
+        lines.append(f"  FAILED {job.job_id}: {job.reason}")
+    for data_file, errors in list(status.writer_errors.items())[:10]:
+        first = errors[0] if errors else {}
+        lines.append(
+            f"  NOT WRITTEN {data_file}: {len(errors)} error(s), e.g. "
+            f"{first.get('rule')}: {first.get('message')}"
+        )
+    unfinished = {f: n for f, n in status.pending_by_file.items() if n}
+    if unfinished and len(unfinished) <= 20:
+        for data_file, n in unfinished.items():
+            lines.append(f"  {data_file}: {n} job(s) to go")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Helpers for end-to-end tests: run the real pipeline (producer, rq workers, writer) against
+a real Redis and the simulated VLM, and read an annotated dataset back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from narrator.common.config import NarratorConfig, load_config
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def pipeline_config(
+    urls: list[str], *, redis_url: str | None, state_dir: Path, workers: int = 2, **extra: Any
+) -> NarratorConfig:
+    cli: dict[str, Any] = {
+        "vlm": {"urls": urls, "timeout_s": 20, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
+        "workers": workers,
+        "redis_url": redis_url,
+        "state_dir": str(state_dir),
+        "job_retries": 1,
+    }
+    cli.update(extra)
+    return load_config(cli, env={})
+
+
+def read_shards(root: Path) -> Iterator[tuple[str, Any]]:
+    for shard in sorted((root / "data").rglob("*.parquet")):
+        yield str(shard.relative_to(root)), pq.read_table(shard)
+
+
+def info_json(root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / "meta" / "info.json").read_text())
+    return data
