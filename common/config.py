@@ -254,6 +254,11 @@ class NarratorConfig(_Model):
     metrics_port: Annotated[int | None, Surface(commands=frozenset({WORKER, WRITER}))] = Field(
         default=None, ge=0, le=65535, description="serve Prometheus metrics on this TCP port"
     )
+    progress_interval_s: Annotated[float, Surface(commands=frozenset({ANNOTATE}))] = Field(
+        default=10.0,
+        gt=0,
+        description="seconds between progress lines when stderr is not a terminal",
+    )
     log_level: Annotated[str, Surface(commands=frozenset(CONFIG_COMMANDS), metavar="LEVEL")] = (
         Field(default="info", description="log level: " + ", ".join(LOG_LEVELS))
     )

@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 from narrator.common import keys
 from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
+from narrator.common.lifecycle import die_with_parent
 from narrator.common.logging import configure_logging, get_logger
 from narrator.common.metrics import start_metrics_server, start_multiprocess_metrics_server
 from narrator.workers import runtime
@@ -82,7 +83,9 @@ def _serve_threads(config: NarratorConfig, burst: bool) -> None:
     runtime.shutdown()
 
 
-def _serve_process(config: NarratorConfig, burst: bool) -> None:
+def _serve_process(config: NarratorConfig, burst: bool, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:  # a pool child ends when its pool parent ends, however
+        die_with_parent(parent_pid)
     configure_logging(config.log_level, config.log_format)  # spawned: a fresh interpreter
     runtime.configure(config)
     if config.jobs_per_worker > 1:
@@ -121,7 +124,9 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
     start_multiprocess_metrics_server(config.metrics_port, metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_serve_process, args=(config, burst), name=f"narrator-worker-{i}")
+        ctx.Process(
+            target=_serve_process, args=(config, burst, os.getpid()), name=f"narrator-worker-{i}"
+        )
         for i in range(config.workers)
     ]
     for child in children:

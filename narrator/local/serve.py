@@ -13,7 +13,9 @@ Invariants:
   several devices (``"0,1"``) for tensor-parallel replicas.
 * Each child leads its own process group; :meth:`ReplicaGroup.stop` sends SIGTERM to every
   group, waits ``stop_grace_s``, then SIGKILLs what is left. It is idempotent and also runs
-  when start-up fails, so no replica outlives a failed start.
+  when start-up fails, so no replica outlives a failed start. On Linux each replica also
+  gets SIGTERM from the kernel when narrator dies without stopping it (a parent-death
+  signal, narrator.common.lifecycle), so a killed narrator does not leave GPUs occupied.
 * A child's output is read by a thread and re-logged line by line with ``replica=i``; the
   last lines are kept so a start-up failure can show why the child died.
 """
@@ -37,6 +39,7 @@ from types import TracebackType
 from typing import IO
 
 from narrator.common.errors import ConfigError
+from narrator.common.lifecycle import parent_death_preexec
 from narrator.common.logging import get_logger
 
 log = get_logger("narrator.local.serve")
@@ -257,6 +260,7 @@ def start_replicas(
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=parent_death_preexec(signal.SIGTERM),
                 )
             except OSError as exc:
                 raise ReplicaStartError(
