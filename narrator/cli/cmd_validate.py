@@ -23,11 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "validate", help="check an annotated dataset's language columns against the contract"
     )
     p.add_argument("root", type=Path, help="dataset root (holding meta/ and data/)")
-    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the full report as JSON (default: a readable summary)",
+    )
     p.add_argument(
         "--all-episodes",
         action="store_true",
-        help="list every episode, not only those with findings",
+        help="list every episode, not only those with findings (default: only those)",
     )
     p.add_argument(
         "--show",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,15 @@ def child_env(config: NarratorConfig, redis_url: str) -> dict[str, str]:
     return config_child_env(full, os.environ)
 
 
-def failure_hint(root: Path, run_id: str, redis_url: str | None) -> str:
+def failure_hint(
+    root: Path, run_id: str, redis_url: str | None, state_dir: Path | None = None
+) -> str:
     """What to do after a run stopped on failures, as commands that work as printed."""
     if redis_url is None:
+        where = f" --state-dir {shlex.quote(str(state_dir))}" if state_dir else ""
         return (
             "fix the cause and run the same command again (it asks only what failed); "
-            f"`narrator status {root}` shows the run"
+            f"`narrator status {shlex.quote(str(root))}{where}` shows the run"
         )
     shown = redact_text(redis_url)
     return (
@@ -196,7 +200,9 @@ def annotate(
             children,
             say,
             poll_s=poll_s,
-            failure_hint=failure_hint(root, summary.run_id, None if embedded else redis_url),
+            failure_hint=failure_hint(
+                root, summary.run_id, None if embedded else redis_url, config.state_dir
+            ),
         )
         if code == 0:
             # Committed: every job of the run is done, so idle workers need no long goodbye

@@ -76,8 +76,7 @@ def annotate_argv(root: Path, state: Path, fleet: Fleet, *extra: str) -> list[st
     argv = [sys.executable, "-m", "narrator", "annotate", str(root), "--state-dir", str(state)]
     for url in fleet.urls:
         argv += ["--vlm-url", url]
-    # The settings of tests.support.pipeline_support.pipeline_config that shape results.
-    return [*argv, "--job-retries", "1", "--workers", "2", "--jobs-per-worker", "2", *extra]
+    return [*argv, "--workers", "2", "--jobs-per-worker", "2", *extra]
 
 
 def start_annotate(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
