@@ -22,8 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "consumer" / "recipes"
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    shipped = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml")))
     p = subparsers.add_parser(
         "render", help="print the chat samples LeRobot trains on, rendered with a recipe"
     )
@@ -31,17 +34,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--recipe",
         required=True,
-        help="a recipe YAML in LeRobot's format, or a shipped recipe name (blend, vqa, ...)",
+        metavar="NAME_OR_FILE",
+        help=f"a recipe YAML in LeRobot's format, or a shipped recipe: {shipped}",
     )
     p.add_argument(
         "--episode",
         type=int,
         action="append",
+        metavar="N",
         help="episode index to render (repeatable; default: every episode)",
     )
     frames = p.add_mutually_exclusive_group()
     frames.add_argument(
-        "--frames", help="comma-separated frame positions within the episode, e.g. 0,10,20"
+        "--frames",
+        metavar="LIST",
+        help="comma-separated frame positions within the episode, e.g. 0,10,20 (default: all)",
     )
     frames.add_argument("--every", type=int, metavar="N", help="every Nth frame (default 1)")
     p.add_argument(
@@ -131,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
             f"{state.rendered} sample(s) rendered from {visited} frame(s) with {args.recipe}\n"
         )
     if state.rendered == 0 and visited:
-        for line in explain_nothing(meta, recipe, state.misses, state.inputs, state.frames):
+        for line in explain_nothing(
+            meta, recipe, state.misses, state.inputs, state.frames, fallback=args.fallback
+        ):
             sys.stderr.write(line + "\n")
     return 0

@@ -119,6 +119,8 @@ def explain_nothing(
     misses: Misses,
     selected: Mapping[int, EpisodeInputs],
     frame_counts: Mapping[int, int],
+    *,
+    fallback: bool = False,
 ) -> list[str]:
     """Lines saying why nothing rendered on the selected frames."""
     total = sum(frame_counts.values())
@@ -128,6 +130,13 @@ def explain_nothing(
         lines.append(
             "  the dataset has no language columns; run `narrator annotate` first "
             "(or see LeRobot's task fallback with --fallback)"
+        )
+        return lines
+    if not misses.frames:
+        shown = "printed above" if fallback else "see it with --fallback"
+        lines.append(
+            "  the selected frames carry no language rows; LeRobot trains them on the task "
+            f"fallback ({shown})"
         )
         return lines
     components = dict(recipe.components())

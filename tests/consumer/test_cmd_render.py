@@ -5,6 +5,7 @@ the RenderMessagesStep fallback, and a light module import."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,35 @@ def test_importing_the_command_loads_no_heavy_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_episode_without_rows_through_the_fallback(root: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    for path in sorted((copy / "data").rglob("*.parquet")):
+        table, persistent, events = read_language(path)
+        episodes = table["episode_index"].to_pylist()
+        keep = [e != 3 for e in episodes]
+        persistent = [rows if k else [] for rows, k in zip(persistent, keep, strict=True)]
+        events = [rows if k else [] for rows, k in zip(events, keep, strict=True)]
+        write_language(path, table, persistent, events)
+    out = narrator("render", copy, "--recipe", "blend", "--episode", "3", "--fallback")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    n = episode_length(copy, 3)
+    assert len(records) == n and {r["source"] for r in records} == {"fallback"}
+    assert messages_of(out.stderr) == [
+        f"{n} frame(s) through RenderMessagesStep: fallback {n}",
+        f"nothing rendered from {n} selected frame(s) of episode(s) 3:",
+        "  the selected frames carry no language rows; LeRobot trains them on the task "
+        "fallback (printed above)",
+    ]
+
+
+def test_help_lists_the_shipped_recipes() -> None:
+    from narrator.cli.cmd_render import SHIPPED_DIR
+    from narrator.consumer.recipes import SHIPPED_RECIPES_DIR, shipped_recipe_names
+
+    assert SHIPPED_RECIPES_DIR.resolve() == SHIPPED_DIR
+    out = narrator("render", "--help")
+    assert out.returncode == 0
+    assert ", ".join(shipped_recipe_names()) in " ".join(out.stdout.split())

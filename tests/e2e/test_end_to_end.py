@@ -293,6 +293,9 @@ def test_every_shipped_recipe_renders_samples_from_the_run(
     interjection = list(iter_samples(meta, load_recipe("interjection_response"), plan))
     calls = [c for s in interjection for m in s["messages"] for c in (m.get("tool_calls") or [])]
     assert calls and all(c["function"]["name"] == "say" for c in calls)
+    # The README's example (`--recipe interjection_response --episode 0`) renders something:
+    # the first frame's spoken acknowledgement at least.
+    assert any(s["episode"] == 0 and s["frame"] == 0 for s in interjection)
     vqa = list(iter_samples(meta, load_recipe("vqa"), plan))
     features = {s["messages"][0]["content"][0]["feature"] for s in vqa}
     assert features >= {c.key for c in meta.cameras}
