@@ -5,6 +5,7 @@ them ("episode 3 has no `interjection` ...; episodes with one: 0 (frame 40), 2 (
 Invariants:
 * Read-only and bounded: besides the selected episodes it scans data files only until
   ``MAX_OTHER_EPISODES`` episodes with the row are found or ``MAX_SCANNED_EPISODES`` were read.
+* A hint, never a rendering (see :func:`frames_with`).
 * The lines are plain text for people; the first says what was selected.
 """
 
@@ -53,7 +54,9 @@ def frame_ranges(frames: Sequence[int]) -> str:
 
 
 def frames_with(call: ResolverCall, inputs: EpisodeInputs) -> list[int]:
-    """The frames of an episode where ``call`` selects a row (an ambiguous match counts)."""
+    """The frames of an episode where ``call`` selects a row (an ambiguous match counts).
+    A hint, so it uses the first frame's persistent list for every frame (the list is the
+    same on every frame of a valid episode) and reads events only where a frame has some."""
     if not inputs.annotated:
         return []
     candidates: list[int]
@@ -64,13 +67,11 @@ def frames_with(call: ResolverCall, inputs: EpisodeInputs) -> list[int]:
         lengths = inputs.events.value_lengths().to_numpy(zero_copy_only=False)
         candidates = [int(f) for f in (lengths > 0).nonzero()[0]]
     found: list[int] = []
+    persistent = inputs.persistent_rows(0) if inputs.frames else []
     for frame in candidates:
         try:
             row = resolve(
-                call,
-                persistent=inputs.persistent_rows(frame),
-                events=inputs.event_rows(frame),
-                t=inputs.t(frame),
+                call, persistent=persistent, events=inputs.event_rows(frame), t=inputs.t(frame)
             )
         except ContractError:
             row = {}
