@@ -166,7 +166,7 @@ class HeartbeatWorker(SimpleWorker):
             # Redis went away while the job ran, so rq could not record how it ended (rq
             # would stop this worker). The job's registry entry lapses once Redis is back
             # and the abandoned-job path retries it; this worker waits and carries on.
-            log.warning("lost Redis during a job; it will be retried", job=job.id, error=str(exc))
+            log.warning("redis_lost_during_job", job=job.id, error=str(exc))
             self._wait_for_redis()
 
     def _wait_for_redis(self) -> None:
@@ -201,4 +201,4 @@ class HeartbeatWorker(SimpleWorker):
             try:
                 self.maintain_heartbeats(job, execution)
             except redis.RedisError as exc:  # Redis away for a moment: try again next beat
-                log.warning("job heartbeat failed", job=job.id, error=str(exc))
+                log.warning("job_heartbeat_failed", job=job.id, error=str(exc))

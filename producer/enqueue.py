@@ -144,7 +144,7 @@ def enqueue_run(
         if conn.scard(keys.pending(run_id, data_file)) == 0:
             summary.finalize_enqueued += int(enqueue_finalize(conn, run_id, data_file, generation))
     log.info(
-        "run enqueued",
+        "run_enqueued",
         run=run_id,
         generation=generation,
         jobs=total_jobs,

@@ -90,14 +90,14 @@ async def run_module(run_id: str, module: str, episode: int, module_hash: str) -
     try:
         run = await load_run_async(rt.aredis, run_id)
         if run.module_hashes.get(module) != module_hash:
-            log.info("job superseded by a newer generation; nothing to do")
+            log.info("job_superseded")
             return {"stale": True}
         result = await _annotate(run, module, episode, module_hash)
         claimed = await _publish(run, result)
     except Exception as exc:
         kind = "transient" if isinstance(exc, TransientError) else type(exc).__name__
         JOBS_FAILED.labels(module=module, kind=kind).inc()
-        log.warning("job failed", error=str(exc), kind=type(exc).__name__)
+        log.warning("job_failed", error=str(exc), kind=type(exc).__name__)
         raise
     EPISODES_DONE.labels(module=module).inc()
     for failure in result.failures:
@@ -108,7 +108,7 @@ async def run_module(run_id: str, module: str, episode: int, module_hash: str) -
         data_file = run_file_of(run, episode, rt.dataset_meta(run.root, run.fingerprint))
         await asyncio.to_thread(_enqueue_finalize, run_id, data_file, run.generation)
     log.info(
-        "job done",
+        "job_done",
         rows=len(result.rows),
         failures=len(result.failures),
         seconds=round(time.monotonic() - started, 3),

@@ -56,11 +56,11 @@ def _serve_threads(config: NarratorConfig, burst: bool) -> None:
             # A signal sent to the process group and forwarded by the pool parent arrives
             # twice; only a second request a moment later means "stop now".
             if time.monotonic() - first_signal_at[0] > 1.0:
-                log.warning("second stop signal: exiting now")
+                log.warning("worker_second_stop_signal_exiting")
                 os._exit(1)
             return
         first_signal_at.append(time.monotonic())
-        log.info("stopping after the running jobs", signal=signum)
+        log.info("worker_stopping_after_running_jobs", signal=signum)
         for w in workers:
             w.request_warm_stop()
 
@@ -108,7 +108,7 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
     if not config.vlm.urls:
         raise ConfigError("narrator worker needs --vlm-url (or NARRATOR_VLM_URLS)")
     log.info(
-        "worker starting",
+        "worker_starting",
         processes=config.workers,
         jobs_per_worker=config.jobs_per_worker,
         vlm_urls=list(config.vlm.urls),

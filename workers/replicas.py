@@ -125,7 +125,7 @@ class ReplicaPool:
                 replica.failure_streak = 0
             REPLICA_HEALTHY.labels(replica.label).set(1 if healthy else 0)
             self._changed.notify_all()
-        event = "vlm replica back in rotation" if healthy else "vlm replica out of rotation"
+        event = "vlm_replica_back_in_rotation" if healthy else "vlm_replica_out_of_rotation"
         log.info(event, replica=replica.label, reason=reason)
 
     @property

@@ -126,7 +126,7 @@ class VLMClient:
             connector = aiohttp.TCPConnector(limit=total, limit_per_host=max(budgets) + 2)
             self._session = aiohttp.ClientSession(connector=connector)
         self._pool = ReplicaPool(urls, budget=budgets)
-        log.info("vlm client ready", replicas=len(urls), budgets=budgets)
+        log.info("vlm_client_ready", replicas=len(urls), budgets=budgets)
         self._health_task = asyncio.create_task(self._health_loop(), name="vlm-health")
 
     async def close(self) -> None:
@@ -334,7 +334,7 @@ class VLMClient:
                 tried.append(replica)
                 last = f"{replica.label}: {exc.reason}"
                 log.info(
-                    "vlm attempt failed; will retry",
+                    "vlm_attempt_failed_retrying",
                     replica=replica.label,
                     outcome=exc.outcome,
                     attempt=attempt + 1,

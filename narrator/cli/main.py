@@ -36,7 +36,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "narrator.cli.cmd_validate",
         "check an annotated dataset's language columns against the contract",
     ),
-    "render": ("narrator.cli.cmd_render", "render training samples with a recipe"),
+    "render": (
+        "narrator.cli.cmd_render",
+        "print the chat samples LeRobot trains on, rendered with a recipe",
+    ),
     "report": ("narrator.cli.cmd_report", "write a self-contained HTML report of annotations"),
 }
 # Commands whose output is for people: readable log lines even when stderr is a file.

@@ -127,7 +127,7 @@ def _relay_output(child: ChildReplica, stream: IO[bytes]) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         child.tail.append(line)
-        log.info("replica output", replica=child.index, line=line)
+        log.info("replica_output", replica=child.index, line=line)
     stream.close()
 
 
@@ -173,7 +173,7 @@ class ReplicaGroup:
                         f"{code} before it was ready; its last output:\n{child.last_lines()}"
                     )
                 if _answers(child.url, timeout_s=min(5.0, poll_s + 1)):
-                    log.info("replica ready", replica=child.index, url=child.url)
+                    log.info("replica_ready", replica=child.index, url=child.url)
                     pending.remove(child)
             if pending and time.monotonic() >= deadline:
                 first = pending[0]
@@ -197,13 +197,13 @@ class ReplicaGroup:
             try:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("replica ignored SIGTERM; killing it", replica=child.index)
+                log.warning("replica_ignored_sigterm_killing", replica=child.index)
         for child in self.children:
             _signal_group(child.process, signal.SIGKILL)
             child.process.wait()
             if child.reader is not None:
                 child.reader.join(5)
-        log.info("replicas stopped", replicas=len(self.children))
+        log.info("replicas_stopped", replicas=len(self.children))
 
     def __enter__(self) -> ReplicaGroup:
         return self
@@ -277,7 +277,7 @@ def start_replicas(
                 )
                 child.reader.start()
             group.children.append(child)
-            log.info("replica starting", replica=index, port=child.port, gpus=devices[index])
+            log.info("replica_starting", replica=index, port=child.port, gpus=devices[index])
         group.wait_ready(ready_timeout_s, poll_s)
     except BaseException:
         group.stop()

@@ -99,11 +99,11 @@ class AsyncFleet:
 
     async def stop_replica(self, index: int) -> None:
         await self.replicas[index].stop()
-        log.info("simvlm replica stopped", replica=index, url=self.replicas[index].url)
+        log.info("simvlm_replica_stopped", replica=index, url=self.replicas[index].url)
 
     async def start_replica(self, index: int) -> None:
         await self.replicas[index].start()
-        log.info("simvlm replica started", replica=index, url=self.replicas[index].url)
+        log.info("simvlm_replica_started", replica=index, url=self.replicas[index].url)
 
     def set_faults(self, index: int, **updates: Any) -> SimConfig:
         """Change fault/capacity settings of replica ``index`` (call on the fleet's loop)."""
@@ -323,14 +323,14 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     for index, url in enumerate(fleet.urls):
-        log.info("simvlm replica serving", replica=index, url=url, model=config.model)
+        log.info("simvlm_replica_serving", replica=index, url=url, model=config.model)
         sys.stdout.write(url + "\n")
     sys.stdout.flush()
     try:
         await stop.wait()
     finally:
         await fleet.close()
-        log.info("simvlm fleet stopped")
+        log.info("simvlm_fleet_stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

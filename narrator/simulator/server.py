@@ -128,7 +128,7 @@ class SimServer:
         """Apply fault/capacity updates (ValueError on an unknown key or bad value)."""
         self.config = apply_updates(self.config, updates)
         self.slots.set_capacity(self.config.slots)
-        log.info("simvlm settings changed", updates=updates)
+        log.info("simvlm_settings_changed", updates=updates)
         return self.config
 
     def clear_faults(self) -> None:
@@ -224,7 +224,7 @@ class SimServer:
         try:
             chat = await self._parse(request)
         except InvalidRequest as exc:
-            log.debug("simvlm rejected request", status=exc.status, reason=exc.message)
+            log.debug("simvlm_request_rejected", status=exc.status, reason=exc.message)
             return web.json_response(exc.body(), status=exc.status)
         config = self.config
         self.stats.by_schema[chat.schema_name] += 1

@@ -14,8 +14,8 @@ import redis
 from narrator.common.runs import RunRecord
 from narrator.local.progress import (
     REPLICAS_KEY,
-    Reporter,
     ReplicaState,
+    Reporter,
     parse_replicas,
     progress_line,
     replica_changes,
@@ -67,7 +67,10 @@ def test_without_a_terminal_one_line_per_interval_and_the_last_one_at_the_end() 
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
     assert [line.split("jobs ")[1].split(" ")[0] for line in lines] == [
-        "0/10", "5/10", "9/10", "10/10",
+        "0/10",
+        "5/10",
+        "9/10",
+        "10/10",
     ]  # fmt: skip  (at 0 s, 10 s, 21 s and when committed)
     assert lines[-1].startswith("narrator: progress 100.0% jobs 10/10 files 2/2")
     assert "elapsed 30 s" in lines[-1]

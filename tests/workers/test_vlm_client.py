@@ -346,7 +346,7 @@ async def test_retries_are_logged_with_replica_status_and_attempt(fleet: AsyncFl
         async with VLMClient(settings(fleet, max_attempts=2)) as client:
             with pytest.raises(VLMUnavailableError):
                 await ask(client)
-    retries = [e for e in logs if e["event"] == "vlm attempt failed; will retry"]
+    retries = [e for e in logs if e["event"] == "vlm_attempt_failed_retrying"]
     assert [e["attempt"] for e in retries] == [1, 2]
     assert all(e["outcome"] == "http_500" and e["replica"] in fleet.urls for e in retries)
 
