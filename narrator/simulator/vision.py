@@ -3,11 +3,12 @@
 The sample scenes (:mod:`narrator.samples.scene`) show objects of distinct saturated colours.
 :func:`find_objects` classifies the pixels of the received image (subsampled to at most
 ~128 columns) by their nearest object colour, groups them into 4-connected blobs, and returns
-one :class:`Seen` per blob with its box in the received image's pixels. :func:`vqa_answer`
-then answers a VQA request (``{"question", "answer"}`` schema of narrator's vqa module) about
-one of those objects: the question and the answer name the same object, boxes and points lie
-on it, counts are the number of blobs of its colour, colours are the colour seen, relations
-come from the blobs' centres.
+one :class:`Seen` per blob with its box in the received image's pixels (two blobs of one
+colour side by side, split only by the arm passing in front, count as one object).
+:func:`vqa_answer` then answers a VQA request (the ``{"question", "answer"}`` schema of
+narrator's vqa module) about one of those objects: the question and the answer name the same
+object, boxes and points lie on it, counts are the number of blobs of its colour, colours are
+the colour seen, relations come from the blobs' centres.
 
 Labels come from the scene of the task quoted in the prompt; for another task (a real
 dataset) a blob is "<colour> object". No blob, or a schema that is not a VQA one: None, and
@@ -27,6 +28,7 @@ from narrator.samples.scene import COLOURS, MAX_COLOUR_DISTANCE, MIN_SATURATION,
 
 MAX_GRID_COLUMNS = 128
 MIN_BLOB_SHARE = 0.002  # of the grid's cells; smaller blobs are compression noise
+ARM_GAP_SHARE = 0.12  # of the image height: the widest gap the arm leaves across an object
 ANSWER_KEYS = {
     "detections": "bbox",
     "point": "keypoint",
@@ -106,7 +108,36 @@ def find_objects(pixels: np.ndarray, labels: dict[str, str] | None = None) -> li
         colour = names[kind]
         label = (labels or {}).get(colour, f"{colour} object")
         found.append(Seen(label, colour, box))
-    return sorted(found, key=lambda s: (s.box[0], s.box[1]))
+    return sorted(_join_split(found, ARM_GAP_SHARE * height), key=lambda s: (s.box[0], s.box[1]))
+
+
+def _join_split(found: list[Seen], gap_px: float) -> list[Seen]:
+    """Join blobs of one colour that face each other across a narrow vertical gap."""
+    items = list(found)
+    joined = True
+    while joined:
+        joined = False
+        for i, a in enumerate(items):
+            for b in items[i + 1 :]:
+                if a.colour != b.colour:
+                    continue
+                overlap = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+                height = min(a.box[3] - a.box[1], b.box[3] - b.box[1])
+                gap = max(a.box[0], b.box[0]) - min(a.box[2], b.box[2])
+                if overlap >= 0.6 * height and gap <= gap_px:
+                    box = (
+                        min(a.box[0], b.box[0]),
+                        min(a.box[1], b.box[1]),
+                        max(a.box[2], b.box[2]),
+                        max(a.box[3], b.box[3]),
+                    )
+                    items = [x for x in items if x is not a and x is not b]
+                    items.append(Seen(a.label, a.colour, box))
+                    joined = True
+                    break
+            if joined:
+                break
+    return items
 
 
 def _answer_type(schema: Any) -> str | None:
