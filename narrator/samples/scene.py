@@ -62,6 +62,13 @@ class Scene:
         """Colour -> label of the objects of that colour."""
         return {o.colour: o.label for o in self.objects}
 
+    def in_view(self) -> tuple[str, ...]:
+        """The scene's object labels, the moved one twice (it is what the episode is about)."""
+        labels = [o.label for o in self.objects]
+        if self.moved is not None:
+            labels.insert(0, self.objects[self.moved].label)
+        return tuple(labels)
+
 
 SCENES: tuple[Scene, ...] = (
     Scene(

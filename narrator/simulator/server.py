@@ -43,6 +43,7 @@ import orjson
 from aiohttp import web
 
 from narrator.common.logging import get_logger
+from narrator.samples.scene import scene_for_text
 from narrator.simulator.answers import AnswerContext, generate_instance, wrong_shape
 from narrator.simulator.capacity import ServerStats, SlotPool, service_time_s
 from narrator.simulator.config import FaultConfig, SimConfig, apply_updates, describe
@@ -56,7 +57,7 @@ from narrator.simulator.requests import (
     parse_chat_request,
 )
 from narrator.simulator.vision import vqa_answer
-from narrator.simulator.vocabulary import text_answer
+from narrator.simulator.vocabulary import objects_in_view, text_answer
 
 log = get_logger("narrator.simulator.server")
 
@@ -104,6 +105,14 @@ def compose_answer(
     request: ChatRequest, faults: FaultConfig, draw: FaultDraw, choice: int = 0
 ) -> tuple[str, str]:
     """(content, finish_reason) of one choice (pure)."""
+    scene = scene_for_text(request.text())
+    with objects_in_view(scene.in_view() if scene is not None else ()):
+        return _compose(request, faults, draw, choice)
+
+
+def _compose(
+    request: ChatRequest, faults: FaultConfig, draw: FaultDraw, choice: int
+) -> tuple[str, str]:
     rng = random.Random(content_seed(request, choice))
     if draw.garbage:
         body = GARBAGE

@@ -237,3 +237,26 @@ async def test_the_server_answers_vqa_from_the_image_and_keeps_its_faults() -> N
         fleet.set_faults(0, wrong_shape_rate=0.0, fences=True, think_tags=True)
         wrapped = await _content(url, body)
         assert wrapped.startswith("<think>") and "```json" in wrapped
+
+
+async def test_plans_name_the_objects_of_the_task_scene() -> None:
+    from narrator.workers.modules.schemas import subtasks_schema
+
+    scene = scene_for_task(3)  # wipe the table with the sponge
+    labels = {o.label for o in scene.objects}
+    schema = subtasks_schema(8, 4)
+    body = {
+        "messages": [{"role": "user", "content": f'Task given to the robot: "{scene.task}"'}],
+        "max_tokens": 512,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "plan_subtasks", "schema": schema, "strict": True},
+        },
+    }
+    async with await start_fleet_async(1) as fleet:
+        named = []
+        for seed in range(6):
+            answer = orjson.loads(await _content(fleet.urls[0], {**body, "seed": seed}))
+            jsonschema.validate(answer, schema)
+            named += [any(label in s["label"] for label in labels) for s in answer["subtasks"]]
+    assert named and all(named)
