@@ -65,8 +65,9 @@ def shape_of(status: int, raw: bytes) -> str:
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
-            keys = ",".join(sorted(error))
-            return f"error{{{keys}}} code={error.get('code')} type={error.get('type')}"
+            if set(error) == {"message", "type", "param", "code"}:
+                return f"openai-error {error.get('code')} {error.get('type')}"
+            return "error{" + ",".join(sorted(error)) + "}"
         if isinstance(error, str):
             return f"error:{error}"
         if "detail" in body:

@@ -17,7 +17,7 @@ structured answer narrator asked for was parsed or recorded as an item failure w
 (narrator's own counters: ok + failures = requests); the run committed; ``narrator validate``
 reports no error; ``narrator status`` shows the run committed with its request and failure
 figures; narrator read each replica's ``/metrics``; every prompt kind was sent and accepted
-(one request and answer of each kind is written to ``OUT/replica-N/samples/``); the simulator
+(one request and answer of each kind is written to ``OUT/samples/``); the simulator
 answers every probe like vLLM (but the known differences listed in :mod:`conformance.probes`).
 
 Run from the repository's own venv: ``python -m conformance.run [--out DIR] [--replicas N]``.
@@ -325,6 +325,7 @@ def _run(
     phases["annotate"] = f"{time.monotonic() - t0:.1f} s (exit {rc})"
     for index, proxy in enumerate(proxies):
         proxy.recording.write(out / f"replica-{index}")
+    _write_samples(out / "samples", proxies)
 
     _judge_requests(report, proxies)
     match = re.search(r"run ([0-9a-f]{6,}) ", output)
@@ -348,6 +349,16 @@ def _run(
         _judge_status(report, root, match.group(1), out)
     phases["validate + status"] = f"{time.monotonic() - t0:.1f} s"
     return 0
+
+
+def _write_samples(folder: Path, proxies: list[RecordingProxy]) -> None:
+    """One request and answer of each prompt kind, whichever replica saw it first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for proxy in proxies:
+        for kind, sample in sorted(proxy.recording.samples.items()):
+            target = folder / f"{kind}.json"
+            if not target.exists():
+                target.write_text(json.dumps(sample, indent=2), encoding="utf-8")
 
 
 def _probes(server: VLLMServer, report: Report, out: Path) -> None:
@@ -413,7 +424,7 @@ def _judge_requests(report: Report, proxies: list[RecordingProxy]) -> None:
         not missing,
         f"{len(EXPECTED_KINDS) - len(missing)}/{len(EXPECTED_KINDS)} kinds"
         + (f"; never accepted: {', '.join(missing)}" if missing else "")
-        + " (request + answer of each: replica-N/samples/)",
+        + " (request + answer of each: samples/)",
     )
     fetched = [p.recording.metrics_fetches for p in proxies]
     gauge = re.compile(r"^(vllm:num_requests_(?:running|waiting))\{", re.M)
