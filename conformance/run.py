@@ -53,11 +53,13 @@ from conformance.vllm_env import (
 )
 
 API_KEY = "conformance-key-0d5c"
-# plan_subtasks of a one-window episode is the same prompt and schema as plan_window; with
-# this dataset every episode is asked in windows, so the window kind is the one required.
+# The prompt kinds this configuration makes narrator send (schema names). plan_subtasks of a
+# one-window episode is the same prompt and schema as plan_window; with this dataset and
+# max_frames_per_prompt every episode is asked in windows, so the window kind is required.
 EXPECTED_KINDS = (
     "plan_window",
-    "plan_steps",
+    "plan_describe",
+    "plan_relabel",
     "plan_memory",
     "plan_task_aug",
     "interjections_ack",
@@ -69,12 +71,17 @@ EXPECTED_KINDS = (
     "vqa_attribute",
     "vqa_spatial",
 )
-# What narrator is asked to do: short episodes, dense VQA ticks, plan windows of 8 frames
-# sampled at 4 Hz (so every episode is asked in several windows and stitched).
+# What narrator is asked to do: short episodes, dense VQA ticks, plan windows of at most 4
+# frames (contact sheets, narrator's default), describe-then-segment (default) and the seeded
+# relabel of every subtask, so that every prompt kind above is sent.
 ANNOTATE_CONFIG = {
     "annotation": {
         "vqa": {"vqa_hz": 1.0},
-        "plan": {"sample_hz": 4.0, "frames_per_request": 8, "min_subtask_seconds": 0.5},
+        "plan": {
+            "max_frames_per_prompt": 4,
+            "subtask_seeded_relabel": True,
+            "min_subtask_seconds": 0.5,
+        },
         "interjections": {"interjection_min_s": 0.5},
         "max_tokens": 768,
     },
