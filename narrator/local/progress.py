@@ -97,9 +97,10 @@ def progress_line(status: RunStatus, elapsed_s: float) -> str:
     percent = 100.0 * done / total if total else 100.0
     eta = status.eta_s()
     eta_text = f" ETA {eta:.0f} s" if eta is not None and done < total else ""
+    waiting = " (workers starting)" if done == 0 and status.started == 0 and status.queued else ""
     return (
         f"progress {percent:5.1f}% jobs {status.jobs_done}/{status.jobs_total} "
-        f"{postfix(status)} elapsed {elapsed_s:.0f} s{eta_text}"
+        f"{postfix(status)} elapsed {elapsed_s:.0f} s{eta_text}{waiting}"
     )
 
 

@@ -86,6 +86,9 @@ def test_retries_and_failures_are_in_the_line() -> None:
     line = progress_line(status, elapsed_s=12)
     assert "retries 5 failed items 7 failed jobs 1" in line
     assert line.startswith("progress  33.3% jobs 4/10 files 0/2")
+    assert "(workers starting)" not in line
+    assert progress_line(_status(0), elapsed_s=3).endswith("elapsed 3 s (workers starting)")
+    assert "starting" not in progress_line(_status(0, started=2), elapsed_s=3)
 
 
 def test_a_replica_leaving_rotation_is_one_warning_and_coming_back_one_line() -> None:
