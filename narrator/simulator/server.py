@@ -337,7 +337,7 @@ class SimServer:
             return web.json_response(exc.body(), status=exc.status)
         if chat.ignored_fields:
             self.stats.ignored_fields.update(chat.ignored_fields)
-            log.warning("simvlm ignored request fields", fields=list(chat.ignored_fields))
+            log.warning("simvlm_request_fields_ignored", fields=list(chat.ignored_fields))
         config = self.config
         self.stats.by_schema[chat.schema_name] += 1
         self.stats.images += len(chat.image_sizes)
