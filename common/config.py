@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from narrator.common.errors import ConfigError
+from narrator.common.modules import MODULES, selection_problem
 
 QUESTION_TYPES: tuple[str, ...] = ("bbox", "keypoint", "count", "attribute", "spatial")
 
@@ -64,7 +65,9 @@ class VQASettings(_Model):
 class AnnotationSettings(_Model):
     """Everything that changes what the VLM is asked (hashed into module hashes)."""
 
-    modules: tuple[str, ...] = ("plan", "interjections", "vqa")
+    modules: tuple[str, ...] = Field(
+        default=MODULES, description=f"annotation modules to run, a subset of {','.join(MODULES)}"
+    )
     seed: int = 0
     temperature: float = Field(default=0.2, ge=0)
     max_tokens: int = Field(default=1024, ge=16)
@@ -77,11 +80,9 @@ class AnnotationSettings(_Model):
     @field_validator("modules")
     @classmethod
     def _known_modules(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = set(v) - {"plan", "interjections", "vqa"}
-        if unknown:
-            raise ValueError(f"unknown modules {sorted(unknown)}; use plan, interjections, vqa")
-        if "interjections" in v and "plan" not in v:
-            raise ValueError("the interjections module needs the plan module")
+        problem = selection_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 
@@ -116,6 +117,18 @@ class NarratorConfig(_Model):
     )
     job_timeout_s: int = Field(default=1800, ge=10)
     job_retries: int = Field(default=3, ge=0)
+    failed_items_threshold: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="largest fraction of a module's items that may fail (0.05 = 5 %) before "
+        "the run is held back from committing",
+    )
+    allow_failed_items: bool = Field(
+        default=False,
+        description="commit even when more items failed than failed_items_threshold allows, "
+        "and stage a module result whose items all failed",
+    )
     prompt_dir: Path | None = None
     state_dir: Path | None = None
     staging_dir: Path | None = None
