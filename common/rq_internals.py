@@ -313,6 +313,14 @@ def discard_job(conn: redis.Redis, job: Job) -> None:
     except (ValueError, NoSuchJobError, redis.ResponseError) as exc:
         log.warning("job_leftover_removed_by_hand", job=job.id, error=str(exc))
         _delete_job_keys(conn, job)
+    if job.origin:
+        # rq's delete leaves a job popped by a worker that died in the intermediate queue,
+        # whose cleanup would later fail the job enqueued again under the same id.
+        intermediate = Queue(job.origin, connection=conn).intermediate_queue
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.lrem(intermediate.key, 0, job.id)
+            pipe.delete(intermediate.get_first_seen_key(job.id))
+            pipe.execute()
 
 
 def _drop_expired_executions(conn: redis.Redis, job: Job) -> None:

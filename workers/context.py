@@ -82,14 +82,19 @@ async def open_worker_context(
     url = config.redis_url_value()
     if not url:
         raise ConfigError("the worker needs a Redis URL (--redis-url or NARRATOR_REDIS_URL)")
+    if client is None and not config.vlm.urls:
+        raise ConfigError("the worker needs VLM server URLs (--vlm-url or NARRATOR_VLM_URLS)")
     async_conn = aredis.Redis.from_url(url)
     publisher = ReplicaStatusPublisher(async_conn)
     owned: VLMClient | None = None
     if client is None:
-        if not config.vlm.urls:
-            raise ConfigError("the worker needs VLM server URLs (--vlm-url or NARRATOR_VLM_URLS)")
         owned = VLMClient(config.vlm, observer=publisher)
-        await owned.start()
+        try:
+            await owned.start()
+        except BaseException:
+            await owned.close()
+            await async_conn.aclose()
+            raise
         client = owned
     return WorkerContext(
         redis=redis.Redis.from_url(url),
