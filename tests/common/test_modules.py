@@ -19,7 +19,7 @@ from narrator.common.modules import (
     spec,
 )
 from narrator.common.prompts import PromptSet
-from narrator.common.runs import compute_module_hashes, generation_of
+from narrator.common.runs import compute_module_hashes
 from narrator.common.staging import MODULE_STYLES
 
 NAMES = ["plan.subtasks", "plan.memory", "interjections.ack", "vqa.question"]
@@ -90,20 +90,3 @@ def test_module_hashes_follow_the_graph() -> None:
     assert {m for m in base if vqa_changed[m] != base[m]} == {"vqa"}
     only = compute_module_hashes(AnnotationSettings(modules=("vqa",)), PROMPTS, "m")
     assert only == {"vqa": base["vqa"]}
-
-
-def test_module_hashes_are_those_of_runs_staged_before_the_registry() -> None:
-    """Values computed with the code before the registry existed (commit 0f912c9): a change
-    here makes every resume recompute every staged result, so make it only on purpose."""
-    hashes = compute_module_hashes(AnnotationSettings(), PROMPTS, "m")
-    assert hashes == {
-        "plan": "51f5aca41a751780",
-        "interjections": "48f81593880d3a11",
-        "vqa": "26fc75d310d368e1",
-    }
-    assert generation_of(hashes) == "c76f9bb478da16af"
-    subset = AnnotationSettings(modules=("plan", "vqa"), vqa={"vqa_hz": 1.0})
-    assert compute_module_hashes(subset, PROMPTS, "m") == {
-        "plan": "51f5aca41a751780",
-        "vqa": "2ef8f6ed621fd1bf",
-    }
