@@ -372,8 +372,8 @@ class NarratorConfig(_Model):
         default=0.05,
         ge=0,
         le=1,
-        description="largest fraction of a module's items that may fail (0.05: one in twenty) before "
-        "the run is held back from committing",
+        description="largest fraction of a module's items that may fail (0.05: one in "
+        "twenty) before the run is held back from committing",
     )
     allow_failed_items: Annotated[bool, Surface(commands=RUN_COMMANDS)] = Field(
         default=False,
