@@ -47,8 +47,8 @@ def run_enqueue(args: argparse.Namespace) -> int:
         raise ConfigError("give --model NAME, or --vlm-url URL to ask the server for it")
 
     from narrator.cli.redis_errors import connect
+    from narrator.common.job_specs import CommitPolicy, JobOptions
     from narrator.common.prompts import load_prompts
-    from narrator.common.queueing import JobOptions
     from narrator.local.run import resolve_model
     from narrator.producer.enqueue import enqueue_run
 
@@ -61,6 +61,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
         prompts=prompts,
         model=resolve_model(config),
         options=JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries),
+        policy=CommitPolicy(config.failed_items_threshold, config.allow_failed_items),
         staging_dir=config.staging_dir,
     )
     sys.stdout.write(summary.run_id + "\n")

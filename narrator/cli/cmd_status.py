@@ -189,7 +189,7 @@ def run_retry_failed(args: argparse.Namespace) -> int:
             return 0
         run_id = runs[-1]
         count = retry_failed(session.conn, run_id)
-        line = f"re-enqueued {count} failed job(s) of run {run_id}"
+        line = f"re-enqueued {count} job(s) of run {run_id} (failed jobs, jobs with failed items)"
         if session.embedded:
             if session.running_pid is not None:
                 line += f"; the running narrator annotate (pid {session.running_pid}) runs them"

@@ -31,8 +31,7 @@ from narrator.common.runs import text
 from narrator.local.children import RoleChild
 from narrator.ops.status import RunStatus, format_status, read_status
 
-# Written by the worker runtime (jobs helper); one field per replica label.
-REPLICAS_KEY = f"{keys.PREFIX}:replicas"
+REPLICAS_KEY = keys.REPLICAS  # written by the workers: replica label -> JSON state
 STALL_GRACE_S = 3.0
 STATUS_DUTY = 10  # the progress poll waits at least 10x what reading the status took
 REDIS_LOST_GRACE_S = 60.0  # how long the progress loop waits for an unreachable Redis

@@ -67,7 +67,7 @@ def test_status_and_retry_failed_of_a_finished_run_and_of_a_failed_one(
 
     retry = _narrator("retry-failed", str(root), "--state-dir", str(state))
     assert retry.returncode == 0, retry.stderr
-    assert re.search(r"re-enqueued [1-9]\d* failed job\(s\) of run \w+", retry.stdout)
+    assert re.search(r"re-enqueued [1-9]\d* job\(s\) of run \w+", retry.stdout)
     assert f"they run when `narrator annotate {root}` runs again" in retry.stdout
 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
