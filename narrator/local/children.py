@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,16 +69,22 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def stop_children(children: Sequence[RoleChild], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM all, wait for all up to ``grace_s`` together, SIGKILL the rest."""
-    running = [c.proc for c in children if c.proc.poll() is None]
-    for proc in running:
-        _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for proc in running:
+def stop_children(
+    children: Sequence[RoleChild],
+    grace_s: float = STOP_GRACE_S,
+    grace_by_name: Mapping[str, float] | None = None,
+) -> None:
+    """SIGTERM all at once, wait for each up to its grace (``grace_by_name`` overrides
+    ``grace_s`` per child name; the waits overlap), then SIGKILL what is left."""
+    running = [c for c in children if c.proc.poll() is None]
+    for child in running:
+        _signal_group(child.proc, signal.SIGTERM)
+    started = time.monotonic()
+    for child in running:
+        grace = (grace_by_name or {}).get(child.name, grace_s)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    for proc in running:
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGKILL)  # the leader and its pool processes
-            proc.wait()
+            child.proc.wait(timeout=max(0.0, started + grace - time.monotonic()))
+    for child in running:
+        if child.proc.poll() is None:
+            _signal_group(child.proc, signal.SIGKILL)  # the leader and its pool processes
+            child.proc.wait()

@@ -207,7 +207,8 @@ def annotate(
         )
         if code == 0:
             # Committed: every job of the run is done, so idle workers need no long goodbye
-            # (a pool of threaded workers takes seconds to wind down): exit promptly.
-            stop_children(children, grace_s=COMMITTED_STOP_GRACE_S)
+            # (a pool of threaded workers takes seconds to wind down): exit promptly. The
+            # writer keeps the full grace to finish its post-commit cleanup.
+            stop_children(children, grace_by_name={"worker": COMMITTED_STOP_GRACE_S})
         return AnnotateResult(summary.run_id, code, status)
     raise AssertionError("unreachable")  # pragma: no cover
