@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -85,22 +86,127 @@ class AnnotationSettings(_Model):
         return v
 
 
+def normalize_base_url(url: str) -> str:
+    """The one spelling of a replica's base URL: the server root, without ``/v1``.
+
+    ``http://h:p``, ``http://h:p/``, ``http://h:p/v1`` and ``http://h:p/v1/`` are the same
+    replica (OpenAI clients and LeRobot write the ``/v1`` form); a path prefix before ``/v1``
+    (a reverse proxy) is kept: ``http://proxy/vlm/v1`` -> ``http://proxy/vlm``. The client
+    appends ``/v1/chat/completions`` and ``/v1/models`` to it, and ``/health`` and ``/metrics``
+    (vLLM serves those at the root). Raises ValueError for anything that is not an
+    ``http(s)://host[:port][/path]`` URL.
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"VLM URL {text!r} is not a valid URL ({exc})") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"VLM URL {text!r} must look like http://host:port/v1 (scheme http or https)"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"VLM URL {text!r} must not have a query or fragment")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
+
+
 class VLMSettings(_Model):
-    urls: tuple[str, ...] = ()
-    model: str | None = None
-    api_key: SecretStr | None = None
-    timeout_s: float = Field(default=120.0, gt=0)
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    max_in_flight_per_replica: int | None = Field(default=None, ge=1)
-    max_attempts: int = Field(default=6, ge=1)
-    backoff_base_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    health_interval_s: float = Field(default=5.0, gt=0)
+    urls: tuple[str, ...] = Field(
+        default=(),
+        description="base URLs of the OpenAI-compatible servers, one per replica "
+        "(http://host:8000/v1; with or without /v1)",
+    )
+    model: str | None = Field(
+        default=None, description="model name (default: the one the servers list)"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="API key sent as a Bearer token (vllm serve --api-key)"
+    )
+    timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="longest time one request may take, in seconds (the adaptive timeout "
+        "never exceeds it)",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="TCP connect timeout per request, in seconds"
+    )
+    max_in_flight_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="fixed number of concurrent requests per replica and worker process; "
+        "unset: adapt it to the server's own running/waiting gauges",
+    )
+    initial_in_flight_per_replica: int = Field(
+        default=16, ge=1, description="starting in-flight limit of the adaptive control"
+    )
+    in_flight_ceiling_per_replica: int = Field(
+        default=1024, ge=1, description="highest in-flight limit the adaptive control sets"
+    )
+    queue_target: float = Field(
+        default=1.25,
+        ge=1.0,
+        le=4.0,
+        description="adaptive control aims at (running + waiting) = this x what the server "
+        "runs at once (its vllm:num_requests_running when it queues)",
+    )
+    metrics_interval_s: float = Field(
+        default=1.0, gt=0, description="how often each replica's /metrics is read, in seconds"
+    )
+    max_attempts: int = Field(default=6, ge=1, description="attempts per request")
+    backoff_base_s: float = Field(
+        default=0.5, ge=0, description="first retry backoff ceiling, in seconds"
+    )
+    backoff_max_s: float = Field(default=30.0, ge=0, description="largest backoff, in seconds")
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="how often each replica's /health is checked, in seconds"
+    )
+    timeout_p99_multiple: float = Field(
+        default=6.0,
+        ge=0,
+        description="adaptive request timeout: this multiple of the fleet's p99 latency for "
+        "the same kind of request, between min_timeout_s and timeout_s (0: always timeout_s)",
+    )
+    min_timeout_s: float = Field(
+        default=5.0, gt=0, description="shortest adaptive request timeout, in seconds"
+    )
+    hedge: bool = Field(
+        default=True,
+        description="re-send a request on a dependency chain (plan, memory, interjections) "
+        "to another replica when it is slow, and take the first answer",
+    )
+    hedge_min_delay_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="a hedge is sent no earlier than this, in seconds (else after 1.5x the "
+        "p95 latency of the same kind of request)",
+    )
+    stats_window_s: float = Field(
+        default=60.0, gt=0, description="window of the per-replica failure rates, in seconds"
+    )
+    eject_failure_rate: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="a replica whose timeouts/errors exceed this share of its requests (and "
+        "much more than its peers') leaves rotation until a probe request succeeds",
+    )
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
 
     @field_validator("urls")
     @classmethod
-    def _strip(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(u.rstrip("/") for u in v)
+    def _normalize(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """One spelling per replica (see :func:`normalize_base_url`); the same replica given
+        twice (say with and without ``/v1``) is one replica."""
+        return tuple(dict.fromkeys(normalize_base_url(u) for u in v if u.strip()))
 
 
 class NarratorConfig(_Model):

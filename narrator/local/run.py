@@ -15,7 +15,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from narrator.common.config import NarratorConfig
 from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
-from narrator.common.errors import ConfigError, VLMUnavailableError
+from narrator.common.errors import ConfigError
 from narrator.common.logging import get_logger
 from narrator.common.prompts import load_prompts
 from narrator.common.queueing import JobOptions
@@ -39,7 +38,6 @@ from narrator.common.runs import default_state_dir
 from narrator.local.redis_server import LocalRedis
 from narrator.ops.status import RunStatus, format_status, read_status
 from narrator.producer.enqueue import enqueue_run
-from narrator.workers.vlm_client import VLMClient
 
 log = get_logger(__name__)
 
@@ -55,27 +53,15 @@ class AnnotateResult:
     status: RunStatus | None
 
 
-async def _resolve_model(config: NarratorConfig) -> str:
-    client = VLMClient(config.vlm)
-    await client.start()
-    try:
-        return await client.resolve_model()
-    finally:
-        await client.close()
-
-
 def resolve_model(config: NarratorConfig) -> str:
-    """The configured model, else the first one the VLM server lists."""
-    if config.vlm.model:
-        return config.vlm.model
-    try:
-        return asyncio.run(_resolve_model(config))
-    except VLMUnavailableError as exc:
-        urls = ", ".join(config.vlm.urls)
-        raise ConfigError(
-            f"cannot reach the VLM server at {urls}: {exc}. Start vLLM there "
-            "(or pass --serve to have narrator start it), then run again."
-        ) from exc
+    """Check every VLM replica (reachable, key accepted, model served; see
+    :mod:`narrator.workers.preflight`) and return the model: the configured one, else the one
+    the servers list. Raises a one-line :class:`~narrator.common.errors.NarratorError`."""
+    if not config.vlm.urls and config.vlm.model:
+        return config.vlm.model  # nothing to check against (enqueue --model without URLs)
+    from narrator.workers.preflight import check_fleet
+
+    return check_fleet(config.vlm).model
 
 
 def forget_dead_workers(conn: redis.Redis) -> int:
@@ -102,6 +88,16 @@ def child_env(config: NarratorConfig, redis_url: str) -> dict[str, str]:
         "backoff_base_s",
         "backoff_max_s",
         "health_interval_s",
+        "initial_in_flight_per_replica",
+        "in_flight_ceiling_per_replica",
+        "queue_target",
+        "metrics_interval_s",
+        "timeout_p99_multiple",
+        "min_timeout_s",
+        "hedge",
+        "hedge_min_delay_s",
+        "stats_window_s",
+        "eject_failure_rate",
     ):
         env[f"NARRATOR_VLM__{name.upper()}"] = str(getattr(config.vlm, name))
     env.setdefault("NARRATOR_LOG_FORMAT", "json")
@@ -145,6 +141,7 @@ def annotate(
     check_language_columns(meta)  # language columns of an older schema: refuse, say which
     state_dir = Path(config.state_dir or default_state_dir(root))
     prompts = load_prompts(config.prompt_dir)
+    model = resolve_model(config)  # before anything is started or written
     with ExitStack() as stack:
         redis_url = config.redis_url_value()
         embedded = redis_url is None
@@ -158,7 +155,6 @@ def annotate(
         stack.callback(conn.close)
         if embedded:
             forget_dead_workers(conn)
-        model = resolve_model(config)
         summary = enqueue_run(
             conn,
             root,

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,7 @@ class ChatRequest:
     schema: dict[str, Any] | None  # what the answer must be an instance of, if anything
     schema_name: str  # json_schema name, "guided_json", "json_object" or "none"
     digest: bytes  # sha256 of the canonical messages
+    format_type: str = "none"  # response_format.type as sent ("none" without one)
 
     def prompt_tokens(self, image_tokens: int) -> int:
         return math.ceil(self.text_chars / 4) + image_tokens * len(self.image_sizes)
@@ -216,6 +218,39 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
+def schema_in_prompt(messages: Any) -> dict[str, Any] | None:
+    """The last JSON schema (an object with ``properties``) written in a user turn's text."""
+    if not isinstance(messages, list):
+        return None
+    texts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+    decoder = json.JSONDecoder()
+    for text in reversed(texts):
+        found: dict[str, Any] | None = None
+        position = text.find("{")
+        while position != -1:
+            try:
+                value, end = decoder.raw_decode(text, position)
+            except ValueError:
+                position = text.find("{", position + 1)
+                continue
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                found = value
+            position = text.find("{", end)
+        if found is not None:
+            return found
+    return None
+
+
 def _schema_of(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     response_format = body.get("response_format")
     if response_format is not None:
@@ -234,6 +269,10 @@ def _schema_of(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
                 raise _bad("response_format.json_schema.strict must be a boolean")
             return spec["schema"], spec["name"]
         if kind == "json_object":
+            # A model asked for "some JSON object" follows a schema the prompt spells out.
+            written = schema_in_prompt(body.get("messages"))
+            if written is not None:
+                return written, "json_object"
             return {"type": "object", "properties": {"answer": {"type": "string"}}}, "json_object"
     guided = body.get("guided_json")
     structured = body.get("structured_outputs")
@@ -291,6 +330,7 @@ def parse_chat_request(
         schema=schema,
         schema_name=schema_name,
         digest=hashlib.sha256(orjson.dumps(body["messages"], option=orjson.OPT_SORT_KEYS)).digest(),
+        format_type=str((body.get("response_format") or {}).get("type") or "none"),
     )
     prompt_tokens = request.prompt_tokens(image_tokens)
     if prompt_tokens + (max_tokens or 0) > max_model_len:

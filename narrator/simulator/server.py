@@ -227,6 +227,10 @@ class SimServer:
             log.debug("simvlm rejected request", status=exc.status, reason=exc.message)
             return web.json_response(exc.body(), status=exc.status)
         config = self.config
+        if config.faults.refuse_json_schema and chat.format_type == "json_schema":
+            return error_response(
+                config.faults.refuse_json_schema_status, "Input should be 'text' or 'json_object'"
+            )
         self.stats.by_schema[chat.schema_name] += 1
         self.stats.images += len(chat.image_sizes)
         if config.faults.latency_s > 0:

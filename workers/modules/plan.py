@@ -131,6 +131,7 @@ async def _ask_window(
         schema=schemas.subtasks_schema(n_frames, ctx.settings.plan.max_subtasks),
         schema_name=schemas.SCHEMA_NAMES["subtasks"],
         parse=parse,
+        on_chain=True,
     )
     if isinstance(got, Failure):
         return None, Collected(failures=[got])
@@ -218,6 +219,7 @@ async def _memory_chain(ctx: EpisodeContext, client: VLM, spans: Sequence[Span])
             schema=schemas.memory_schema(),
             schema_name=schemas.SCHEMA_NAMES["memory"],
             parse=parse_memory,
+            on_chain=True,
         )
         if isinstance(got, Failure):
             out.failures.append(got)
