@@ -12,8 +12,9 @@ readings into the number of requests one client process may have at that replica
   capacity estimate follows ``running`` (smoothed). The target is
   ``running + waiting = queue_target x capacity`` (1.25 by default: the next request is
   already there when a slot frees, and the queue stays short). Every reading scales the
-  limit by ``target / (running + waiting)``, bounded to [0.5, 2] and ignored within a 10 %
-  dead band, and never raises a limit the client does not use up.
+  limit by ``target / (running + waiting)``, bounded to [0.5, 1.25] (cut fast, raise
+  gently) and ignored within a 10 % dead band, and never raises a limit the client does not
+  use up.
 * Several processes (or pods) sharing a fleet converge without talking to each other: each
   sees the same gauges and scales its own limit by the same factor, so their sum scales by it.
 * Where ``/metrics`` has no such gauges (another server, a proxy), latency is the signal: per
@@ -72,7 +73,8 @@ class ControlSettings:
     ceiling: int = 1024
     queue_target: float = 1.25
     deadband: float = 0.1
-    max_raise: float = 2.0
+    max_raise: float = 2.0  # per reading while the capacity is unknown (slow start)
+    known_raise: float = 1.25  # per reading once it is known
     max_cut: float = 0.5
     latency_tolerance: float = 1.5
     latency_batch: int = 16  # answers per latency decision
@@ -131,7 +133,9 @@ class InFlightController:
         factor = target / total if total > 0 else self.settings.max_raise
         if factor > 1.0 and not binding:
             return self.limit  # room at the server, but this client does not need more
-        return self._scale(factor)
+        # Once the capacity is known, raise gently (a dip of `running` between two waves of
+        # answers is not room for twice as many) and cut fast: it keeps the queue short.
+        return self._scale(min(factor, self.settings.known_raise))
 
     def on_gauges_missing(self) -> None:
         """A reading without the gauges (no /metrics, not vLLM, unreachable)."""

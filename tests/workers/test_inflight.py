@@ -66,8 +66,9 @@ def test_a_queue_past_the_target_cuts_the_limit_to_it() -> None:
 def test_a_queue_below_the_target_raises_a_binding_limit() -> None:
     c = InFlightController(ControlSettings(initial=100, queue_target=1.25))
     c.capacity = 128.0
-    # 100 at the server, no queue, limit used up: raise towards 160 (x1.6 at most x2).
-    assert replay(c, [(100, 0, 100)]) == [160]
+    # 100 at the server, no queue, limit used up: raise towards 160, by 25 % a reading.
+    assert replay(c, [(100, 0, 125)]) == [125]
+    assert replay(c, [(125, 0, 125), (128, 28, 156)]) == [156, 156]
 
 
 def test_the_capacity_estimate_follows_a_server_that_can_run_fewer() -> None:
