@@ -2,7 +2,8 @@
 
 :meth:`VLMClient.ask` sends one chat-completion request (a
 :class:`~narrator.workers.vlm_api.ChatRequest`) with a ``json_schema`` ``response_format``
-and returns the parsed JSON object. Around it:
+and returns the parsed JSON object; :mod:`workers.vlm_transport` does the sending
+(attempts, deadlines, the json_object fallback, hedges). Around it:
 
 * Replica choice and rotation: :class:`workers.replicas.ReplicaPool` (weighted least loaded,
   per-replica in-flight limit, health, failure streaks and rates). The limit is
