@@ -266,8 +266,8 @@ class VLMSettings(_Model):
     )
     hedge: bool = Field(
         default=True,
-        description="re-send a slow request on a dependency chain (subtasks, memory, "
-        "interjections) to another replica and take the first answer",
+        description="re-send a slow request on a dependency chain (the plan and "
+        "interjections modules' requests) to another replica and take the first answer",
     )
     hedge_min_delay_s: float = Field(
         default=1.0,

@@ -96,3 +96,14 @@ def test_a_fleet_failing_alike_ejects_nobody_by_rate() -> None:
     assert not judge(0.9, [], eject_rate=0.3).eject  # the last replica in rotation stays
     assert not judge(0.9, [0.4], eject_rate=0.3).eject  # no sound peer to send work to
     assert judge(None, [0.0], eject_rate=0.3).weight == 1.0  # too few outcomes to judge
+
+
+def test_a_new_kind_borrows_its_family_latency_with_twice_the_margin() -> None:
+    book = LatencyBook()
+    for _ in range(30):
+        book.add("vqa_bbox", 1.0)
+    bounds = {"multiple": 6.0, "floor_s": 5.0, "ceiling_s": 120.0}
+    assert request_timeout(book, "vqa_bbox", **bounds) == 6.0
+    assert request_timeout(book, "vqa_count", **bounds) == 12.0  # family p99, 2 x 6
+    assert request_timeout(book, "plan_memory", **bounds) == 120.0  # another family
+    assert hedge_delay(book, "vqa_count", floor_s=0.5, timeout_s=120.0) == 3.0  # 2 x 1.5 x p95

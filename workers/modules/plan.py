@@ -189,6 +189,7 @@ async def _plan(ctx: EpisodeContext, client: VLM, spans: Sequence[Span]) -> Coll
         schema=schemas.steps_schema(max_steps),
         schema_name=schemas.SCHEMA_NAMES["plan"],
         parse=parse_steps,
+        on_chain=True,
     )
     if isinstance(got, Failure):
         return Collected(failures=[got])
@@ -250,6 +251,7 @@ async def _task_aug(ctx: EpisodeContext, client: VLM) -> Collected:
         schema=schemas.task_aug_schema(count),
         schema_name=schemas.SCHEMA_NAMES["task_aug"],
         parse=parse,
+        on_chain=True,
     )
     if isinstance(got, Failure):
         return Collected(failures=[got])
