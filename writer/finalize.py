@@ -36,6 +36,7 @@ from narrator.common.dataset.reader import (
     read_file_frames,
 )
 from narrator.common.errors import ContractError, PermanentError, SecurityError, TransientError
+from narrator.common.failed_items import commit_hold, read_tallies, record_hold
 from narrator.common.logging import get_logger
 from narrator.common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
 from narrator.common.runs import RunRecord, load_run, load_run_files, text
@@ -43,7 +44,7 @@ from narrator.common.staging import ModuleResult, StagedRow
 from narrator.common.validation import Finding, validate_episode
 from narrator.writer.cleanup import forget_finished_jobs
 from narrator.writer.commit import commit, resume_commits, stage_dir
-from narrator.writer.merge import kept_rows
+from narrator.writer.merge import kept_rows, yield_to_interjections
 from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
 
 log = get_logger(__name__)
@@ -131,6 +132,11 @@ def maybe_commit(conn: redis.Redis, run: RunRecord) -> bool:
         files = load_run_files(conn, run.run_id)
         if any(staged.get(f) != run.generation for f in files):
             return False
+        hold = commit_hold(read_tallies(conn, run.run_id, run.module_hashes), run.commit_policy)
+        record_hold(conn, run.run_id, hold)
+        if hold is not None:
+            log.warning("commit_held", run=run.run_id, reason=hold)
+            return False
         commit(run.root, stage_dir(run.staging_dir, run.run_id, run.generation), list(files))
         conn.set(keys.committed(run.run_id), run.generation)
         conn.hset(keys.run(run.run_id), "committed_at", repr(time.time()))
@@ -211,8 +217,20 @@ def assemble_file(
             p_rows.extend(keep_p)
             for frame, rows in keep_e.items():
                 e_rows[frame].extend(rows)
+        interjection_frames = {
+            row.frame
+            for module in run.module_hashes
+            for row in results[(module, ep)].rows
+            if row.style == "interjection"
+        }
+        interjection_frames |= {
+            f for f, rows in e_rows.items() if any(r.style == "interjection" for r in rows)
+        }
         for module in run.module_hashes:
-            for row in results[(module, ep)].rows:
+            staged = results[(module, ep)].rows
+            if module == "plan":
+                staged = yield_to_interjections(staged, interjection_frames)
+            for row in staged:
                 if not 0 <= row.frame < len(ts):
                     raise ContractError(f"episode {ep}: {module} row on missing frame {row.frame}")
                 if row.column == "persistent":
@@ -232,6 +250,7 @@ def assemble_file(
             events_by_frame=events[ep],
             cameras=cameras,
             vqa_types=vqa_types or None,
+            plans=run.settings.plan.emit_plan,
         )
     return persistent, events, findings
 
