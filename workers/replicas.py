@@ -19,9 +19,9 @@ Invariants (all state lives on one event loop; no locks beyond the condition):
   timeouts or 5xx answers, or one failed health check, and comes back after an answer or a
   successful health check (``reason_kind`` "health"). It also leaves when its failure rate
   over the window is above the ejection rate and much above its peers' (``reason_kind``
-  "rate"); such a replica still answers ``/health``, so only a successful probe request brings
-  it back (:meth:`probe_due`, :meth:`probe_result`), after a cool-down that doubles with each
-  ejection (2 s ... 60 s);
+  "rate"); such a replica still answers ``/health``, so only probe requests bring it back
+  (:meth:`probe_due`, :meth:`probe_result`): three answered in a row, after a cool-down that
+  doubles with each failed probe (2 s ... 60 s);
 * every change of rotation is reported once to the optional observer
   ``(replica label, in rotation, reason)``, and logged.
 
@@ -52,6 +52,7 @@ log = get_logger("narrator.workers.replicas")
 DEFAULT_FAILURE_THRESHOLD = 3
 PROBE_COOLDOWN_S = 2.0
 PROBE_COOLDOWN_MAX_S = 60.0
+PROBES_TO_REJOIN = 3  # a replica that fails half its requests passes 3 in a row 1 time in 8
 
 ReplicaObserver = Callable[[str, bool, str], None]
 """Called with (replica label, in rotation, reason) whenever a replica leaves or rejoins
@@ -75,6 +76,7 @@ class Replica:
     ejections: int = 0  # times taken out for its failure rate
     probe_at: float = 0.0  # when a rate-ejected replica may be probed
     probing: bool = False
+    probe_answers: int = 0  # probes answered in a row since the last failed one
     json_object: bool = False  # the server refused json_schema; ask for json_object
 
     @property
@@ -278,12 +280,19 @@ class ReplicaPool:
         return due
 
     async def probe_result(self, replica: Replica, ok: bool, reason: str, now: float) -> None:
+        """One probe's outcome: ``PROBES_TO_REJOIN`` answers in a row (one per health
+        interval) bring the replica back; one failure starts a longer cool-down."""
         replica.probing = False
         if ok:
+            replica.probe_answers += 1
+            if replica.probe_answers < PROBES_TO_REJOIN:
+                return  # probed again at the next health check
+            replica.probe_answers = 0
             replica.outcomes.clear()
             replica.weight = 1.0
             await self.set_healthy(replica, True, f"probe answered: {reason}")
         else:
+            replica.probe_answers = 0
             cooldown = min(PROBE_COOLDOWN_MAX_S, PROBE_COOLDOWN_S * 2**replica.ejections)
             replica.ejections += 1
             replica.probe_at = now + cooldown
