@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 from contextlib import ExitStack
@@ -33,7 +32,6 @@ from narrator.common.config import NarratorConfig
 from narrator.common.config import child_env as config_child_env
 from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
-from narrator.common.errors import ConfigError, VLMUnavailableError
 from narrator.common.job_specs import CommitPolicy, JobOptions
 from narrator.common.logging import get_logger, redact_text
 from narrator.common.prompts import load_prompts
@@ -44,7 +42,6 @@ from narrator.local.redis_server import LocalRedis
 from narrator.local.run_lock import RunLock
 from narrator.ops.status import RunStatus, read_status
 from narrator.producer.enqueue import enqueue_run
-from narrator.workers.vlm_client import VLMClient
 
 log = get_logger(__name__)
 
@@ -58,27 +55,15 @@ class AnnotateResult:
     status: RunStatus | None
 
 
-async def _resolve_model(config: NarratorConfig) -> str:
-    client = VLMClient(config.vlm)
-    await client.start()
-    try:
-        return await client.resolve_model()
-    finally:
-        await client.close()
-
-
 def resolve_model(config: NarratorConfig) -> str:
-    """The configured model, else the first one the VLM server lists."""
-    if config.vlm.model:
-        return config.vlm.model
-    try:
-        return asyncio.run(_resolve_model(config))
-    except VLMUnavailableError as exc:
-        urls = ", ".join(config.vlm.urls)
-        raise ConfigError(
-            f"cannot reach the VLM server at {urls}: {exc}. Start vLLM there "
-            "(or pass --serve to have narrator start it), then run again."
-        ) from exc
+    """Check every VLM replica (reachable, key accepted, model served; see
+    :mod:`narrator.workers.preflight`) and return the model: the configured one, else the one
+    the servers list. Raises a one-line :class:`~narrator.common.errors.NarratorError`."""
+    if not config.vlm.urls and config.vlm.model:
+        return config.vlm.model  # nothing to check against (enqueue --model without URLs)
+    from narrator.workers.preflight import check_fleet
+
+    return check_fleet(config.vlm).model
 
 
 def forget_dead_workers(conn: redis.Redis) -> int:
@@ -138,6 +123,8 @@ def annotate(
         f"dataset {root}: {len(meta.episodes)} episode(s) in {len(meta.files)} data "
         f"file(s); cameras: {_cameras(meta)}"
     )
+    say.say("checking the VLM server(s): " + ", ".join(config.vlm.urls))
+    model = resolve_model(config)  # before anything is started or written
     with ExitStack() as stack:
         stack.enter_context(RunLock(state_dir))
         redis_url = config.redis_url_value()
@@ -153,8 +140,6 @@ def annotate(
         stack.callback(conn.close)
         if embedded:
             forget_dead_workers(conn)
-        say.say("checking the VLM server(s): " + ", ".join(config.vlm.urls))
-        model = resolve_model(config)
         summary = enqueue_run(
             conn,
             root,

@@ -339,6 +339,10 @@ class SimServer:
             self.stats.ignored_fields.update(chat.ignored_fields)
             log.warning("simvlm_request_fields_ignored", fields=list(chat.ignored_fields))
         config = self.config
+        if config.faults.refuse_json_schema and chat.format_type == "json_schema":
+            return error_response(
+                config.faults.refuse_json_schema_status, "Input should be 'text' or 'json_object'"
+            )
         self.stats.by_schema[chat.schema_name] += 1
         self.stats.images += len(chat.image_sizes)
         if config.faults.latency_s > 0:
