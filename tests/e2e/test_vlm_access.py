@@ -59,7 +59,9 @@ def v1_urls(fleet: Fleet) -> list[str]:
 
 def assert_refused_at_start(proc: subprocess.CompletedProcess[str], root: Path) -> str:
     assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
+    # Besides the start-up phase lines of the progress reporter, exactly one line: the error.
+    phases = ("narrator: dataset ", "narrator: checking the VLM server")
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith(phases)]
     assert len(lines) == 1 and lines[0].startswith("narrator: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not default_state_dir(root).exists()  # nothing was started, nothing written
