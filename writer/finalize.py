@@ -44,7 +44,7 @@ from narrator.common.staging import ModuleResult, StagedRow
 from narrator.common.validation import Finding, validate_episode
 from narrator.writer.cleanup import forget_finished_jobs
 from narrator.writer.commit import commit, resume_commits, stage_dir
-from narrator.writer.merge import kept_rows, yield_to_interjections
+from narrator.writer.merge import kept_rows, untouched_episodes, yield_to_interjections
 from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
 
 log = get_logger(__name__)
@@ -94,6 +94,10 @@ def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any
     persistent, events, findings = assemble_file(
         run, meta, episodes, frames, results, existing=existing
     )
+    # An --only-episodes run: the file's other episodes are written back as they were.
+    kept_persistent, kept_events = untouched_episodes(existing, list(frames), episodes)
+    persistent.update(kept_persistent)
+    events.update(kept_events)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         for f in errors:
@@ -132,7 +136,8 @@ def maybe_commit(conn: redis.Redis, run: RunRecord) -> bool:
         files = load_run_files(conn, run.run_id)
         if any(staged.get(f) != run.generation for f in files):
             return False
-        hold = commit_hold(read_tallies(conn, run.run_id, run.module_hashes), run.commit_policy)
+        tallies = read_tallies(conn, run.run_id, run.module_hashes, run.selected_episodes())
+        hold = commit_hold(tallies, run.commit_policy)
         record_hold(conn, run.run_id, hold)
         if hold is not None:
             log.warning("commit_held", run=run.run_id, reason=hold)
