@@ -148,6 +148,24 @@ class PermanentAwareJob(Job):
         return self.func(*self.args, **self.kwargs)
 
 
+class ContextJob(PermanentAwareJob):
+    """A job whose function takes its process's services first: ``func(context, *args)``.
+
+    The services (Redis connection, caches) are built once per process and handed in by the
+    :class:`ContextWorker` that runs the job, as arq passes ``ctx``: job functions reach them
+    as an argument, never through module globals, and tests call them with a context of
+    their own."""
+
+    context: Any = None
+
+    def _call(self) -> Any:
+        if not self.func:
+            raise ValueError("cannot execute job: function is None")
+        if self.context is None:
+            raise RuntimeError(f"job {self.id} needs a context; run it with a ContextWorker")
+        return self.func(self.context, *self.args, **self.kwargs)
+
+
 class HeartbeatWorker(SimpleWorker):
     """A SimpleWorker whose running jobs stay visibly alive, so dead peers are found fast."""
 
@@ -202,3 +220,17 @@ class HeartbeatWorker(SimpleWorker):
                 self.maintain_heartbeats(job, execution)
             except redis.RedisError as exc:  # Redis away for a moment: try again next beat
                 log.warning("job heartbeat failed", job=job.id, error=str(exc))
+
+
+class ContextWorker(HeartbeatWorker):
+    """A :class:`HeartbeatWorker` that hands ``context`` to every :class:`ContextJob` it runs."""
+
+    def __init__(self, *args: Any, context: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("job_class", ContextJob)
+        super().__init__(*args, **kwargs)
+        self.context = context
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if isinstance(job, ContextJob):
+            job.context = self.context
+        super().execute_job(job, queue)

@@ -1,7 +1,9 @@
 """Entry point of the writer role: one rq worker on the writer's queue.
 
-At start it finishes any commit a crash interrupted, then processes finalize jobs one at a
-time (a single writer per dataset: only it writes the dataset).
+At start it builds the process's :class:`~writer.context.WriterContext` (Redis connection,
+dataset cache), finishes any commit a crash interrupted, then processes finalize jobs one at
+a time (a single writer per dataset: only it writes the dataset), handing the context to
+each job.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
 from narrator.common.logging import get_logger
 from narrator.common.metrics import start_metrics_server
-from narrator.common.queueing import HeartbeatWorker, PermanentAwareJob
+from narrator.common.queueing import ContextWorker
 from narrator.common.runs import load_run, text
+from narrator.writer.context import WriterContext
 from narrator.writer.finalize import resume_interrupted
 
 log = get_logger(__name__)
 
 
-def recover(conn: redis.Redis) -> int:
+def recover(ctx: WriterContext) -> int:
     """Finish interrupted commits of every known run; returns how many were finished."""
+    conn = ctx.conn
     finished = 0
     for raw in conn.smembers(keys.RUNS):
         run_id = text(raw) or ""
@@ -32,7 +36,7 @@ def recover(conn: redis.Redis) -> int:
             log.warning("cannot inspect run", run=run_id, error=str(exc))
             continue
         if text(conn.get(keys.committed(run_id))) != run.generation and resume_interrupted(
-            conn, run
+            ctx, run
         ):
             finished += 1
     return finished
@@ -44,12 +48,13 @@ def run_writer(config: NarratorConfig, *, burst: bool = False) -> None:
         raise ConfigError("narrator writer needs --redis-url (or NARRATOR_REDIS_URL)")
     start_metrics_server(config.metrics_port)
     conn = redis.Redis.from_url(url)
-    recovered = recover(conn)
+    ctx = WriterContext(conn=conn)
+    recovered = recover(ctx)
     log.info("writer starting", recovered_commits=recovered)
-    worker = HeartbeatWorker(
+    worker = ContextWorker(
         [keys.WRITER_QUEUE],
+        context=ctx,
         connection=conn,
         serializer=JSONSerializer,
-        job_class=PermanentAwareJob,
     )
     worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")

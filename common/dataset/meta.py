@@ -46,6 +46,7 @@ _FINGERPRINT_IGNORED_FEATURES: frozenset[str] = frozenset(
 )
 
 LanguageState = Literal["absent", "current", "legacy"]
+FrameSize = tuple[int, int]  # (width, height) in pixels of a frame as stored
 ColumnKind = Literal["int", "float", "float32", "string", "string_list"]
 
 
