@@ -1,6 +1,7 @@
 """The client narrator's modules use to ask vLLM replicas for JSON answers (aiohttp shell).
 
-:meth:`VLMClient.chat_json` sends one chat-completion request with a ``json_schema``
+:meth:`VLMClient.ask` sends one chat-completion request (a
+:class:`~narrator.workers.vlm_api.ChatRequest`) with a ``json_schema``
 ``response_format`` and returns the parsed JSON object. Around it:
 
 * Replica choice: :class:`workers.replicas.ReplicaPool` (least loaded, per-replica in-flight
@@ -32,11 +33,10 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -52,13 +52,13 @@ from narrator.common.logging import get_logger
 from narrator.common.metrics import VLM_IMAGES, VLM_LATENCY, VLM_REQUESTS, VLM_TOKENS
 from narrator.workers.json_answer import extract_json_object
 from narrator.workers.replicas import Replica, ReplicaPool
+from narrator.workers.vlm_api import AnswerParser, ChatAnswer, ChatRequest
 from narrator.workers.vlm_protocol import (
     AttemptFailed,
     Reply,
     backoff_delay,
     budget_from_metrics,
     chat_body,
-    count_images,
     error_message,
     reply_from,
     with_correction,
@@ -81,19 +81,10 @@ def count_into(counter: Counter[str]) -> Iterator[Counter[str]]:
 
 log = get_logger("narrator.workers.vlm_client")
 
+T = TypeVar("T")
+
 DEFAULT_IN_FLIGHT_PER_REPLICA = 32
 MAX_TOKENS_CAP = 8192
-
-
-@dataclass(frozen=True)
-class ChatAnswer:
-    data: dict[str, Any]
-    replica: str
-    attempts: int
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    images: int
 
 
 class VLMClient:
@@ -246,43 +237,24 @@ class VLMClient:
         if scope is not None:
             scope[key] += n
 
-    async def chat_json(
-        self,
-        *,
-        messages: list[dict[str, Any]],
-        schema: dict[str, Any],
-        schema_name: str,
-        module: str,
-        model: str,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None = None,
-        chat_template_kwargs: dict[str, Any] | None = None,
-        check: Callable[[dict[str, Any]], None] | None = None,
-    ) -> ChatAnswer:
-        """The JSON object the model answers (see the module docstring for retries)."""
+    async def ask(self, request: ChatRequest, parse: AnswerParser[T]) -> ChatAnswer[T]:
+        """The parsed answer to ``request`` (see the module docstring for retries)."""
+        module = request.module
         self._count(f"{module}:requests", 1)
-        images = count_images(messages)
-        body = chat_body(
-            model=model,
-            messages=messages,
-            schema=schema,
-            schema_name=schema_name,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            chat_template_kwargs=chat_template_kwargs,
-        )
+        images = request.images
+        body = chat_body(request)
         attempts = 0
         length_retried = corrected = False
         try:
             while True:
                 reply, used = await self._exchange(body, module, images)
                 attempts += used
-                data, problem = self._usable(reply, check)
-                if data is not None:
+                parsed, problem = self._usable(reply, parse)
+                if parsed is not None:
                     self._count(f"{module}:ok", 1)
+                    value, data = parsed
                     return ChatAnswer(
+                        value,
                         data,
                         reply.replica,
                         attempts,
@@ -296,7 +268,7 @@ class VLMClient:
                     doubled = min(body["max_tokens"] * 2, max(MAX_TOKENS_CAP, body["max_tokens"]))
                     if doubled > body["max_tokens"]:
                         self._count(f"{module}:length_retries", 1)
-                        log.info("vlm answer cut; retrying", module=module, max_tokens=doubled)
+                        log.info("vlm_answer_cut_retrying", module=module, max_tokens=doubled)
                         body = {**body, "max_tokens": doubled}
                         continue
                 if reply.finish_reason == "length":
@@ -309,7 +281,7 @@ class VLMClient:
                     )
                 corrected = True
                 self._count(f"{module}:corrective_retries", 1)
-                log.info("vlm answer unusable; corrective retry", module=module, reason=problem)
+                log.info("vlm_answer_unusable_correcting", module=module, reason=problem)
                 body = with_correction(body, reply.content, problem)
         except BadAnswerError:
             self._count(f"{module}:failures:bad_answer", 1)
@@ -323,15 +295,15 @@ class VLMClient:
 
     @staticmethod
     def _usable(
-        reply: Reply, check: Callable[[dict[str, Any]], None] | None
-    ) -> tuple[dict[str, Any] | None, str]:
+        reply: Reply, parse: AnswerParser[T]
+    ) -> tuple[tuple[T, dict[str, Any]] | None, str]:
+        """((parsed value, JSON object), "") for a usable reply, else (None, the problem)."""
         try:
             data = extract_json_object(reply.content)
-            if check is not None:
-                check(data)
+            value = parse(data)
         except ValueError as exc:
             return None, str(exc) or type(exc).__name__
-        return data, ""
+        return (value, data), ""
 
     async def _exchange(self, body: dict[str, Any], module: str, images: int) -> tuple[Reply, int]:
         """POST ``body`` until one replica answers 200; (reply, attempts used)."""

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from narrator.workers.vlm_api import ChatRequest
+
 _MAX_NUM_SEQS = re.compile(r'max_num_seqs(?:="(\d+)"|\s+(\d+)(?:\.0+)?\s*$)', re.MULTILINE)
 CORRECTION = (
     "Your previous reply could not be used: {reason}. Reply again with only the JSON object "
@@ -42,16 +44,6 @@ class AttemptFailed(Exception):
         self.outcome = outcome  # metric label: timeout, connection, http_503, bad_response...
         self.reason = reason
         self.replica_fault = replica_fault  # counts toward taking the replica out
-
-
-def count_images(messages: list[dict[str, Any]]) -> int:
-    return sum(
-        1
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if isinstance(part, dict) and part.get("type") == "image_url"
-    )
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
@@ -108,32 +100,26 @@ def reply_from(raw: bytes, replica: str) -> Reply:
         ) from exc
 
 
-def chat_body(
-    *,
-    model: str,
-    messages: list[dict[str, Any]],
-    schema: dict[str, Any],
-    schema_name: str,
-    max_tokens: int,
-    temperature: float,
-    seed: int | None,
-    chat_template_kwargs: dict[str, Any] | None,
-) -> dict[str, Any]:
+def chat_body(request: ChatRequest) -> dict[str, Any]:
     """The JSON body of one chat-completion request."""
     body: dict[str, Any] = {
-        "model": model,
-        "messages": list(messages),
-        "max_tokens": max_tokens,
-        "temperature": temperature,
+        "model": request.model,
+        "messages": [dict(m) for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
         "response_format": {
             "type": "json_schema",
-            "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+            "json_schema": {
+                "name": request.schema_name,
+                "schema": dict(request.schema),
+                "strict": True,
+            },
         },
     }
-    if seed is not None:
-        body["seed"] = seed
-    if chat_template_kwargs is not None:
-        body["chat_template_kwargs"] = chat_template_kwargs
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.chat_template_kwargs is not None:
+        body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
     return body
 
 

@@ -34,6 +34,7 @@ from narrator.workers.frames import decode_video_frames, encode_frame
 from narrator.workers.jobs import PUBLISH_SCRIPT
 from narrator.workers.json_answer import extract_json_object
 from narrator.workers.modules.asking import user_message
+from narrator.workers.vlm_api import ChatRequest
 from narrator.workers.vlm_protocol import chat_body
 from tests.bench.pipeline import run_default
 from tests.bench.processes import SimFleetProcess, SimSettings
@@ -148,14 +149,17 @@ def _json_figures(out: BenchResult, data_url: str) -> dict[str, float]:
 
     def build() -> bytes:
         body = chat_body(
-            model="m",
-            messages=user_message("Split the episode into subtasks. " * 20, frames),
-            schema=schema,
-            schema_name="plan_subtasks",
-            max_tokens=1024,
-            temperature=0.2,
-            seed=1,
-            chat_template_kwargs=None,
+            ChatRequest(
+                module="plan",
+                item="subtasks:0",
+                messages=user_message("Split the episode into subtasks. " * 20, frames),
+                schema=schema,
+                schema_name="plan_subtasks",
+                model="m",
+                max_tokens=1024,
+                temperature=0.2,
+                seed=1,
+            )
         )
         return orjson.dumps(body)
 

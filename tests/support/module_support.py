@@ -7,7 +7,7 @@
   episode with the shipped prompts.
 * :func:`sim_client` - a real :class:`~workers.vlm_client.VLMClient` talking HTTP to the
   project's simulated VLM fleet; :class:`RecordingClient` is that client, also keeping the
-  arguments of every ``chat_json`` call and when it started and ended, so tests can see what
+  fields of every request it is asked and when it started and ended, so tests can see what
   the module asked (the HTTP exchange itself is untouched).
 * :func:`contract_findings` - the rows a module produced, placed on their frames' stored
   timestamps and run through the writer's validation (SPEC section 4).
@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -35,7 +36,10 @@ from narrator.common.validation import Finding, validate_episode
 from narrator.simulator.fleet import start_fleet_async
 from narrator.workers.frames import EncodedFrame
 from narrator.workers.modules.base import EpisodeContext
+from narrator.workers.vlm_api import AnswerParser, ChatAnswer, ChatRequest
 from narrator.workers.vlm_client import VLMClient
+
+T = TypeVar("T")
 
 SIM_MODEL = "narrator-sim-vlm"
 
@@ -120,17 +124,24 @@ def make_context(
 
 
 class RecordingClient(VLMClient):
-    """A real client that also records each ``chat_json`` call (kwargs, start, end, error)."""
+    """A real client that also records each request it is asked (the request's fields, start,
+    end, error); the HTTP exchange itself is untouched."""
 
     def __init__(self, settings: VLMSettings) -> None:
         super().__init__(settings)
         self.calls: list[dict[str, Any]] = []
 
-    async def chat_json(self, **kwargs: Any) -> Any:  # type: ignore[override]
-        record: dict[str, Any] = {**kwargs, "started": time.monotonic(), "ended": None}
+    async def ask(self, request: ChatRequest, parse: AnswerParser[T]) -> ChatAnswer[T]:
+        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+        record: dict[str, Any] = {
+            **fields,
+            "parse": parse,
+            "started": time.monotonic(),
+            "ended": None,
+        }
         self.calls.append(record)
         try:
-            return await super().chat_json(**kwargs)
+            return await super().ask(request, parse)
         except Exception as exc:
             record["error"] = exc
             raise

@@ -143,7 +143,7 @@ async def test_run_plan_windows_memory_chain_and_concurrency() -> None:
         assert call["module"] == "plan" and call["model"] == ctx.model
         assert call["temperature"] == 0.3 and call["max_tokens"] == 512
         assert call["chat_template_kwargs"] == {"enable_thinking": False}
-        assert callable(call["check"])
+        assert callable(call["parse"])
     assert {c["seed"] for c in client.calls_named(SCHEMA_NAMES["plan"])} == {
         ctx.seed_for("plan", "plan")
     }

@@ -22,6 +22,7 @@ from narrator.common.errors import BadAnswerError, VLMRequestRejectedError, VLMU
 from narrator.simulator import SimConfig, start_fleet_async
 from narrator.simulator.fleet import AsyncFleet
 from narrator.workers.replicas import ReplicaPool
+from narrator.workers.vlm_api import ChatRequest
 from narrator.workers.vlm_client import DEFAULT_IN_FLIGHT_PER_REPLICA, VLMClient
 from narrator.workers.vlm_protocol import backoff_delay, parse_max_num_seqs
 
@@ -80,19 +81,33 @@ def strict_check(data: dict[str, Any]) -> None:
         raise ValueError(f"answer does not match the schema: {exc.message}") from exc
 
 
+def strict_parse(data: dict[str, Any]) -> dict[str, Any]:
+    strict_check(data)
+    return data
+
+
 async def ask(client: VLMClient, question: str = "Where is the cube?", **kw: Any) -> Any:
+    """One request through the client's :meth:`VLMClient.ask`; ``check`` (a function that
+    raises ``ValueError``, or None) becomes the parser."""
+    check = kw.pop("check", strict_check)
     values: dict[str, Any] = {
+        "module": "vqa",
+        "item": question,
         "messages": messages(question),
         "schema": SPATIAL,
         "schema_name": "vqa_spatial",
-        "module": "vqa",
         "model": MODEL,
         "max_tokens": 256,
         "temperature": 0.0,
         "seed": 1,
-        "check": strict_check,
     }
-    return await client.chat_json(**{**values, **kw})
+
+    def parse(data: dict[str, Any]) -> dict[str, Any]:
+        if check is not None:
+            check(data)
+        return data
+
+    return await client.ask(ChatRequest(**{**values, **kw}), parse)
 
 
 def total(fleet: AsyncFleet, key: str = "requests_total") -> int:

@@ -3,8 +3,10 @@
 * :func:`user_message` builds the one user message of a request: the rendered prompt, then
   for each frame a caption line followed by the image (OpenAI content parts).
 * :func:`ask` sends one request with the run's settings (model, temperature, max_tokens,
-  chat_template_kwargs) and a seed derived from (run seed, episode, module, item), and returns
-  the answer's JSON object. The client counts requests and tokens; modules count nothing.
+  chat_template_kwargs) and a seed derived from (run seed, episode, module, item), parses the
+  answer once, and returns the parsed value or the item's failure (value-or-failure: callers
+  branch on ``isinstance(got, Failure)``). The client counts requests and tokens; modules
+  count nothing.
 * :func:`gather_all` runs independent requests concurrently; if one raises, the others are
   cancelled before the error propagates (no orphaned requests).
 * :data:`ITEM_ERRORS` are the errors that fail one item, recorded as a
@@ -15,7 +17,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +28,7 @@ from narrator.common.staging import Failure, StagedRow
 if TYPE_CHECKING:
     from narrator.workers.frames import EncodedFrame
     from narrator.workers.modules.base import EpisodeContext
-    from narrator.workers.vlm_client import VLMClient
+    from narrator.workers.vlm_api import VLM, AnswerParser
 
 ITEM_ERRORS: tuple[type[Exception], ...] = (BadAnswerError, VLMRequestRejectedError)
 
@@ -59,46 +61,32 @@ def user_message(
     return [{"role": "user", "content": parts}]
 
 
-def _discarding_result(
-    parse: Callable[[dict[str, Any]], object],
-) -> Callable[[dict[str, Any]], None]:
-    """``parse`` as a client ``check``: it may raise ``ValueError``; its value is dropped."""
-
-    def check(data: dict[str, Any]) -> None:
-        parse(data)
-
-    return check
-
-
 async def ask(
     ctx: EpisodeContext,
-    client: VLMClient,
+    client: VLM,
     *,
     module: str,
     item: str,
     messages: list[dict[str, Any]],
     schema: dict[str, Any],
     schema_name: str,
-    check: Callable[[dict[str, Any]], object] | None = None,
-) -> dict[str, Any]:
-    """One structured-output request for ``item`` of ``module``; the answer's JSON object.
+    parse: AnswerParser[_T],
+    failure_item: str | None = None,
+) -> _T | Failure:
+    """Ask for ``item`` of ``module`` and return the parsed answer, or the item's failure.
 
-    ``check`` is a parser of the answer: it raises ``ValueError`` for an unusable one (which
-    earns the client's corrective retry); what it returns is ignored here."""
-    settings = ctx.settings
-    answer = await client.chat_json(
-        messages=messages,
-        schema=schema,
-        schema_name=schema_name,
-        module=module,
-        model=ctx.model,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-        seed=ctx.seed_for(module, item),
-        chat_template_kwargs=settings.chat_template_kwargs,
-        check=_discarding_result(check) if check is not None else None,
+    ``parse`` turns the answer's JSON object into the value (``ValueError`` for an unusable
+    answer earns the client's corrective retry); it runs once. An answer that stays unusable
+    or a refused request is returned as a :class:`~narrator.common.staging.Failure` recorded
+    under ``failure_item`` (default ``item``); anything else propagates and fails the job."""
+    request = ctx.chat_request(
+        module=module, item=item, messages=messages, schema=schema, schema_name=schema_name
     )
-    return answer.data
+    try:
+        answer = await client.ask(request, parse)
+    except ITEM_ERRORS as exc:
+        return item_failure(ctx, module, failure_item or item, exc)
+    return answer.value
 
 
 def item_failure(ctx: EpisodeContext, module: str, item: str, exc: Exception) -> Failure:

@@ -1,8 +1,9 @@
 """What every module receives and returns.
 
 A module is an async function ``run(ctx, client) -> ModuleOutput``. It builds prompts from
-``ctx`` (pure), asks the VLM through ``client`` (passed in, so tests point it at the
-simulated server), and turns answers into :class:`~common.staging.StagedRow` values placed on
+``ctx`` (pure), asks the VLM through ``client`` (anything satisfying
+:class:`~narrator.workers.vlm_api.VLM`, passed in, so tests point it at the simulated
+server), and turns answers into :class:`~common.staging.StagedRow` values placed on
 episode-relative frame indices. It never touches Redis or the dataset files itself: frames
 come from ``ctx.frame_source``.
 
@@ -13,6 +14,7 @@ episode meaningless (no subtasks at all, undecodable video) raise.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from narrator.common.config import AnnotationSettings
 from narrator.common.prompts import PromptSet
 from narrator.common.staging import Failure, ModuleResult, StagedRow
+from narrator.workers.vlm_api import ChatRequest
 
 if TYPE_CHECKING:
     from narrator.common.dataset.reader import CameraInfo, Episode, EpisodeFrames
     from narrator.workers.frames import EncodedFrame
-    from narrator.workers.vlm_client import VLMClient
+    from narrator.workers.vlm_api import VLM
 
 
 class FrameSource(Protocol):
@@ -59,10 +62,32 @@ class EpisodeContext:
 
     def seed_for(self, module: str, item: str = "") -> int:
         """A deterministic per-(run seed, episode, module, item) seed."""
-        import hashlib
-
         text = f"{self.settings.seed}:{self.episode.index}:{module}:{item}"
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+    def chat_request(
+        self,
+        *,
+        module: str,
+        item: str,
+        messages: list[dict[str, Any]],
+        schema: dict[str, Any],
+        schema_name: str,
+    ) -> ChatRequest:
+        """A request for ``item`` of ``module`` with the run's model and sampling settings."""
+        settings = self.settings
+        return ChatRequest(
+            module=module,
+            item=item,
+            messages=messages,
+            schema=schema,
+            schema_name=schema_name,
+            model=self.model,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            seed=self.seed_for(module, item),
+            chat_template_kwargs=settings.chat_template_kwargs,
+        )
 
 
 @dataclass
@@ -73,4 +98,4 @@ class ModuleOutput:
 
 
 class ModuleRunner(Protocol):
-    async def __call__(self, ctx: EpisodeContext, client: VLMClient) -> ModuleOutput: ...
+    async def __call__(self, ctx: EpisodeContext, client: VLM) -> ModuleOutput: ...

@@ -28,7 +28,7 @@ import orjson
 
 from narrator.common.contract import say_tool_call
 from narrator.common.errors import ContractError
-from narrator.common.staging import StagedRow
+from narrator.common.staging import Failure, StagedRow
 from narrator.workers.modules import schemas
 from narrator.workers.modules.answers import (
     bulleted,
@@ -38,12 +38,10 @@ from narrator.workers.modules.answers import (
     parse_utterance,
 )
 from narrator.workers.modules.asking import (
-    ITEM_ERRORS,
     Collected,
     ask,
     frame_caption,
     gather_all,
-    item_failure,
     merge,
     user_message,
 )
@@ -52,7 +50,7 @@ from narrator.workers.modules.spans import Span, spans_from_extra
 from narrator.workers.modules.ticks import spread_frames
 
 if TYPE_CHECKING:
-    from narrator.workers.vlm_client import VLMClient
+    from narrator.workers.vlm_api import VLM
 
 MODULE = "interjections"
 CONTEXT_STEP_S = 0.5
@@ -109,21 +107,20 @@ def upstream_spans(ctx: EpisodeContext) -> list[Span]:
     return spans
 
 
-async def _acknowledge(ctx: EpisodeContext, client: VLMClient) -> Collected:
-    try:
-        data = await ask(
-            ctx,
-            client,
-            module=MODULE,
-            item="ack",
-            messages=user_message(ctx.prompts.render("interjections.ack", task=ctx.task)),
-            schema=schemas.ack_schema(),
-            schema_name=schemas.SCHEMA_NAMES["ack"],
-            check=parse_utterance,
-        )
-    except ITEM_ERRORS as exc:
-        return Collected(failures=[item_failure(ctx, MODULE, "ack", exc)])
-    return Collected(rows=[speech_row(0, parse_utterance(data))])
+async def _acknowledge(ctx: EpisodeContext, client: VLM) -> Collected:
+    got = await ask(
+        ctx,
+        client,
+        module=MODULE,
+        item="ack",
+        messages=user_message(ctx.prompts.render("interjections.ack", task=ctx.task)),
+        schema=schemas.ack_schema(),
+        schema_name=schemas.SCHEMA_NAMES["ack"],
+        parse=parse_utterance,
+    )
+    if isinstance(got, Failure):
+        return Collected(failures=[got])
+    return Collected(rows=[speech_row(0, got)])
 
 
 async def _interjection_messages(
@@ -151,45 +148,47 @@ async def _interjection_messages(
 
 
 async def _interjection(
-    ctx: EpisodeContext, client: VLMClient, spans: Sequence[Span], index: int
+    ctx: EpisodeContext, client: VLM, spans: Sequence[Span], index: int
 ) -> Collected:
     boundary = spans[index].start
     item = f"interjection:{boundary}"
-    try:
-        data = await ask(
-            ctx,
-            client,
-            module=MODULE,
-            item=item,
-            messages=await _interjection_messages(ctx, spans, index),
-            schema=schemas.interjection_schema(),
-            schema_name=schemas.SCHEMA_NAMES["interjection"],
-            check=parse_interjection,
-        )
-        said, reply = parse_interjection(data)
-        remaining = [s.label for s in spans[index:]]
-        max_steps = len(remaining) + 1
-        prompt = ctx.prompts.render(
-            "interjections.plan_refresh",
-            task=ctx.task,
-            done_subtasks=bulleted([s.label for s in spans[:index]]),
-            interjection=said,
-            reply=reply,
-            remaining_subtasks=numbered(remaining),
-            max_steps=max_steps,
-        )
-        plan = await ask(
-            ctx,
-            client,
-            module=MODULE,
-            item=f"plan_refresh:{boundary}",
-            messages=user_message(prompt),
-            schema=schemas.steps_schema(max_steps),
-            schema_name=schemas.SCHEMA_NAMES["plan_refresh"],
-            check=parse_steps,
-        )
-    except ITEM_ERRORS as exc:
-        return Collected(failures=[item_failure(ctx, MODULE, item, exc)])
+    heard = await ask(
+        ctx,
+        client,
+        module=MODULE,
+        item=item,
+        messages=await _interjection_messages(ctx, spans, index),
+        schema=schemas.interjection_schema(),
+        schema_name=schemas.SCHEMA_NAMES["interjection"],
+        parse=parse_interjection,
+    )
+    if isinstance(heard, Failure):
+        return Collected(failures=[heard])
+    said, reply = heard
+    remaining = [s.label for s in spans[index:]]
+    max_steps = len(remaining) + 1
+    prompt = ctx.prompts.render(
+        "interjections.plan_refresh",
+        task=ctx.task,
+        done_subtasks=bulleted([s.label for s in spans[:index]]),
+        interjection=said,
+        reply=reply,
+        remaining_subtasks=numbered(remaining),
+        max_steps=max_steps,
+    )
+    plan = await ask(
+        ctx,
+        client,
+        module=MODULE,
+        item=f"plan_refresh:{boundary}",
+        messages=user_message(prompt),
+        schema=schemas.steps_schema(max_steps),
+        schema_name=schemas.SCHEMA_NAMES["plan_refresh"],
+        parse=parse_steps,
+        failure_item=item,  # the interjection fails as a whole: no row without its plan
+    )
+    if isinstance(plan, Failure):
+        return Collected(failures=[plan])
     return Collected(
         rows=[
             StagedRow(
@@ -200,14 +199,14 @@ async def _interjection(
                 column="persistent",
                 frame=boundary,
                 role="assistant",
-                content=numbered(parse_steps(plan)),
+                content=numbered(plan),
                 style="plan",
             ),
         ]
     )
 
 
-async def run_interjections(ctx: EpisodeContext, client: VLMClient) -> ModuleOutput:
+async def run_interjections(ctx: EpisodeContext, client: VLM) -> ModuleOutput:
     """Annotate one episode with the acknowledgement and interjections (see module doc)."""
     spans = upstream_spans(ctx)
     settings = ctx.settings.interjections

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from narrator.common.errors import BadAnswerError, DatasetError
-from narrator.common.staging import StagedRow
+from narrator.common.staging import Failure, StagedRow
 from narrator.workers.modules import schemas
 from narrator.workers.modules.answers import (
     bulleted,
@@ -41,7 +41,6 @@ from narrator.workers.modules.answers import (
     parse_subtasks,
 )
 from narrator.workers.modules.asking import (
-    ITEM_ERRORS,
     Collected,
     ask,
     frame_caption,
@@ -64,7 +63,7 @@ from narrator.workers.modules.ticks import sample_frames
 
 if TYPE_CHECKING:
     from narrator.workers.frames import EncodedFrame
-    from narrator.workers.vlm_client import VLMClient
+    from narrator.workers.vlm_api import VLM
 
 MODULE = "plan"
 
@@ -111,36 +110,34 @@ def subtasks_messages(
 
 async def _ask_window(
     ctx: EpisodeContext,
-    client: VLMClient,
+    client: VLM,
     window: Window,
     part: int,
     parts: int,
     images: Mapping[int, EncodedFrame] | None,
     camera: str | None,
 ) -> tuple[list[Boundary] | None, Collected]:
-    item = f"subtasks:{part}"
     n_frames = len(window.frames)
 
-    def check(data: dict[str, Any]) -> None:
-        window_boundaries(window, parse_subtasks(data, n_frames))
+    def parse(data: dict[str, Any]) -> list[Boundary]:
+        return window_boundaries(window, parse_subtasks(data, n_frames))
 
-    try:
-        data = await ask(
-            ctx,
-            client,
-            module=MODULE,
-            item=item,
-            messages=subtasks_messages(ctx, window, part, parts, images, camera),
-            schema=schemas.subtasks_schema(n_frames, ctx.settings.plan.max_subtasks),
-            schema_name=schemas.SCHEMA_NAMES["subtasks"],
-            check=check,
-        )
-    except ITEM_ERRORS as exc:
-        return None, Collected(failures=[item_failure(ctx, MODULE, item, exc)])
-    return window_boundaries(window, parse_subtasks(data, n_frames)), Collected()
+    got = await ask(
+        ctx,
+        client,
+        module=MODULE,
+        item=f"subtasks:{part}",
+        messages=subtasks_messages(ctx, window, part, parts, images, camera),
+        schema=schemas.subtasks_schema(n_frames, ctx.settings.plan.max_subtasks),
+        schema_name=schemas.SCHEMA_NAMES["subtasks"],
+        parse=parse,
+    )
+    if isinstance(got, Failure):
+        return None, Collected(failures=[got])
+    return got, Collected()
 
 
-async def find_spans(ctx: EpisodeContext, client: VLMClient) -> tuple[list[Span], Collected]:
+async def find_spans(ctx: EpisodeContext, client: VLM) -> tuple[list[Span], Collected]:
     """The episode's subtask spans, and the failures of windows that did not answer."""
     settings = ctx.settings.plan
     samples = sample_frames(ctx.frames.timestamp, settings.sample_hz)
@@ -176,29 +173,28 @@ async def find_spans(ctx: EpisodeContext, client: VLMClient) -> tuple[list[Span]
     return spans, collected
 
 
-async def _plan(ctx: EpisodeContext, client: VLMClient, spans: Sequence[Span]) -> Collected:
+async def _plan(ctx: EpisodeContext, client: VLM, spans: Sequence[Span]) -> Collected:
     labels = [s.label for s in spans]
     max_steps = max(len(labels), 1)
     prompt = ctx.prompts.render(
         "plan.plan", task=ctx.task, subtasks=numbered(labels), max_steps=max_steps
     )
-    try:
-        data = await ask(
-            ctx,
-            client,
-            module=MODULE,
-            item="plan",
-            messages=user_message(prompt),
-            schema=schemas.steps_schema(max_steps),
-            schema_name=schemas.SCHEMA_NAMES["plan"],
-            check=parse_steps,
-        )
-    except ITEM_ERRORS as exc:
-        return Collected(failures=[item_failure(ctx, MODULE, "plan", exc)])
-    return Collected(rows=[_persistent(0, "assistant", numbered(parse_steps(data)), "plan")])
+    got = await ask(
+        ctx,
+        client,
+        module=MODULE,
+        item="plan",
+        messages=user_message(prompt),
+        schema=schemas.steps_schema(max_steps),
+        schema_name=schemas.SCHEMA_NAMES["plan"],
+        parse=parse_steps,
+    )
+    if isinstance(got, Failure):
+        return Collected(failures=[got])
+    return Collected(rows=[_persistent(0, "assistant", numbered(got), "plan")])
 
 
-async def _memory_chain(ctx: EpisodeContext, client: VLMClient, spans: Sequence[Span]) -> Collected:
+async def _memory_chain(ctx: EpisodeContext, client: VLM, spans: Sequence[Span]) -> Collected:
     out = Collected()
     previous = ""
     for i in range(1, len(spans)):
@@ -213,53 +209,52 @@ async def _memory_chain(ctx: EpisodeContext, client: VLMClient, spans: Sequence[
             total_count=len(spans),
             remaining_subtasks=bulleted([s.label for s in spans[i:]]),
         )
-        try:
-            data = await ask(
-                ctx,
-                client,
-                module=MODULE,
-                item=item,
-                messages=user_message(prompt),
-                schema=schemas.memory_schema(),
-                schema_name=schemas.SCHEMA_NAMES["memory"],
-                check=parse_memory,
-            )
-        except ITEM_ERRORS as exc:
-            out.failures.append(item_failure(ctx, MODULE, item, exc))
+        got = await ask(
+            ctx,
+            client,
+            module=MODULE,
+            item=item,
+            messages=user_message(prompt),
+            schema=schemas.memory_schema(),
+            schema_name=schemas.SCHEMA_NAMES["memory"],
+            parse=parse_memory,
+        )
+        if isinstance(got, Failure):
+            out.failures.append(got)
             continue
-        previous = parse_memory(data)
+        previous = got
         out.rows.append(_persistent(boundary, "assistant", previous, "memory"))
     return out
 
 
-async def _task_aug(ctx: EpisodeContext, client: VLMClient) -> Collected:
+async def _task_aug(ctx: EpisodeContext, client: VLM) -> Collected:
     count = ctx.settings.plan.task_aug_count
     if count == 0:
         return Collected()
     prompt = ctx.prompts.render("plan.task_aug", task=ctx.task, count=count)
 
-    def check(data: dict[str, Any]) -> None:
-        if not parse_rephrasings(data, ctx.task):
+    def parse(data: dict[str, Any]) -> list[str]:
+        texts = parse_rephrasings(data, ctx.task)
+        if not texts:
             raise ValueError("every rephrasing repeats the task; each must be worded differently")
+        return texts[:count]
 
-    try:
-        data = await ask(
-            ctx,
-            client,
-            module=MODULE,
-            item="task_aug",
-            messages=user_message(prompt),
-            schema=schemas.task_aug_schema(count),
-            schema_name=schemas.SCHEMA_NAMES["task_aug"],
-            check=check,
-        )
-    except ITEM_ERRORS as exc:
-        return Collected(failures=[item_failure(ctx, MODULE, "task_aug", exc)])
-    texts = parse_rephrasings(data, ctx.task)[:count]
-    return Collected(rows=[_persistent(0, "user", text, "task_aug") for text in texts])
+    got = await ask(
+        ctx,
+        client,
+        module=MODULE,
+        item="task_aug",
+        messages=user_message(prompt),
+        schema=schemas.task_aug_schema(count),
+        schema_name=schemas.SCHEMA_NAMES["task_aug"],
+        parse=parse,
+    )
+    if isinstance(got, Failure):
+        return Collected(failures=[got])
+    return Collected(rows=[_persistent(0, "user", text, "task_aug") for text in got])
 
 
-async def run_plan(ctx: EpisodeContext, client: VLMClient) -> ModuleOutput:
+async def run_plan(ctx: EpisodeContext, client: VLM) -> ModuleOutput:
     """Annotate one episode with subtask, plan, memory and task_aug rows (see module doc)."""
     if ctx.length == 0:
         raise DatasetError(

@@ -27,25 +27,23 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from narrator.common.staging import StagedRow
+from narrator.common.staging import Failure, StagedRow
 from narrator.workers.modules import schemas
 from narrator.workers.modules.asking import (
-    ITEM_ERRORS,
     Collected,
     ask,
     gather_all,
-    item_failure,
     merge,
     user_message,
 )
 from narrator.workers.modules.base import EpisodeContext, ModuleOutput
 from narrator.workers.modules.coordinates import ImageGeometry
 from narrator.workers.modules.ticks import tick_frames
-from narrator.workers.modules.vqa_answers import answer_text, parse_vqa_answer
+from narrator.workers.modules.vqa_answers import VQAAnswer, answer_text, parse_vqa_answer
 
 if TYPE_CHECKING:
     from narrator.workers.frames import EncodedFrame
-    from narrator.workers.vlm_client import VLMClient
+    from narrator.workers.vlm_api import VLM
 
 MODULE = "vqa"
 
@@ -71,7 +69,7 @@ def geometry_of(frame: EncodedFrame) -> ImageGeometry:
 
 
 async def _ask_item(
-    ctx: EpisodeContext, client: VLMClient, camera: str, frame: int, image: EncodedFrame
+    ctx: EpisodeContext, client: VLM, camera: str, frame: int, image: EncodedFrame
 ) -> tuple[Collected, dict[str, Any] | None]:
     """One question and answer; the second value records what was asked when it succeeded."""
     question_type = question_type_for(ctx, camera, frame)
@@ -86,24 +84,22 @@ async def _ask_item(
         height=image.sent_height,
     )
 
-    def check(data: dict[str, Any]) -> None:
-        parse_vqa_answer(question_type, data, geometry)
+    def parse(data: dict[str, Any]) -> VQAAnswer:
+        return parse_vqa_answer(question_type, data, geometry)
 
-    try:
-        data = await ask(
-            ctx,
-            client,
-            module=MODULE,
-            item=item,
-            messages=user_message(prompt, [(f"Image from camera {_short_camera(camera)}:", image)]),
-            schema=schemas.vqa_schema(question_type, image.sent_width, image.sent_height),
-            schema_name=schemas.vqa_schema_name(question_type),
-            check=check,
-        )
-    except ITEM_ERRORS as exc:
-        failure = item_failure(ctx, MODULE, f"{item}:{question_type}", exc)
-        return Collected(failures=[failure]), None
-    parsed = parse_vqa_answer(question_type, data, geometry)
+    parsed = await ask(
+        ctx,
+        client,
+        module=MODULE,
+        item=item,
+        messages=user_message(prompt, [(f"Image from camera {_short_camera(camera)}:", image)]),
+        schema=schemas.vqa_schema(question_type, image.sent_width, image.sent_height),
+        schema_name=schemas.vqa_schema_name(question_type),
+        parse=parse,
+        failure_item=f"{item}:{question_type}",
+    )
+    if isinstance(parsed, Failure):
+        return Collected(failures=[parsed]), None
     rows = [
         StagedRow("events", frame, "user", parsed.question, "vqa", camera=camera),
         StagedRow("events", frame, "assistant", answer_text(parsed.answer), "vqa", camera),
@@ -111,7 +107,7 @@ async def _ask_item(
     return Collected(rows=rows), {"frame": frame, "camera": camera, "type": question_type}
 
 
-async def run_vqa(ctx: EpisodeContext, client: VLMClient) -> ModuleOutput:
+async def run_vqa(ctx: EpisodeContext, client: VLM) -> ModuleOutput:
     """Annotate one episode with vqa question/answer rows per camera (see module doc)."""
     if not ctx.cameras:
         return ModuleOutput()
