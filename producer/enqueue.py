@@ -10,6 +10,9 @@ Invariants:
 * Each data file has a pending set of ``module:episode`` members; the finalize job of a file
   is enqueued by whoever empties it (workers) or by the producer when it is empty already.
 * Jobs name a run id only; paths come from the run record.
+* Enqueueing a generation removes the staged shards of the run's superseded generations
+  (:func:`common.state_dir.prune_superseded_stages`; best effort, a read-only view of the
+  dataset leaves them to the writer, which prunes on commit).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from narrator.common.runs import (
     generation_of,
     text,
 )
+from narrator.common.state_dir import check_dataset_writable, prune_superseded_stages
 
 log = get_logger(__name__)
 
@@ -77,6 +81,10 @@ def enqueue_run(
     root = Path(root).resolve()
     meta = meta or load_dataset_meta(root)
     check_language_columns(meta)
+    staging_dir = Path(staging_dir or default_state_dir(root) / "staging")
+    # What this process can see: the producer's view of the dataset is often read-only (the
+    # writer, another process, writes it), so only the filesystem rule is checked here.
+    check_dataset_writable(meta, staging_dir, probe_writes=False)
     run_id = compute_run_id(root, meta.fingerprint())
     module_hashes = compute_module_hashes(settings, prompts, model)
     generation = generation_of(module_hashes)
@@ -99,7 +107,7 @@ def enqueue_run(
         prompts=prompts,
         module_hashes=module_hashes,
         generation=generation,
-        staging_dir=Path(staging_dir or default_state_dir(root) / "staging"),
+        staging_dir=staging_dir,
         total_files=len(meta.files),
         total_episodes=len(meta.episodes),
         total_jobs=total_jobs,
@@ -118,6 +126,8 @@ def enqueue_run(
         },
     )
     pipe.execute()
+
+    _prune_superseded(conn, record)
 
     done = _finished_members(conn, run_id, meta, module_hashes)
     summary.already_done = len(done)
@@ -151,6 +161,16 @@ def enqueue_run(
         active=active,
     )
     return summary
+
+
+def _prune_superseded(conn: redis.Redis, run: RunRecord) -> None:
+    """Drop the staged shards of the run's superseded generations (disk and Redis)."""
+    removed = prune_superseded_stages(run.staging_dir, run.run_id, run.generation)
+    if removed:
+        staged = conn.hgetall(keys.staged_files(run.run_id))
+        gone = [f for f, g in staged.items() if text(g) in removed]
+        if gone:
+            conn.hdel(keys.staged_files(run.run_id), *gone)
 
 
 def _finished_members(

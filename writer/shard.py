@@ -17,7 +17,10 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import stat
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -147,22 +150,41 @@ _DROPPED = {LEGACY_SUBTASK_COLUMN, *LANGUAGE_COLUMNS}
 BATCH_ROWS = 8192  # rows read and written per call when row groups are small
 
 
+@functools.cache
+def language_leaf_paths() -> tuple[str, ...]:
+    """The parquet leaf paths of the two language columns (``language_persistent.list.
+    element.role``, ...), as pyarrow names them: per-column codecs are keyed on these."""
+    schema = pa.schema([pa.field(name, COLUMN_TYPES[name]) for name in LANGUAGE_COLUMNS])
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        pa.Table.from_arrays(list(build_language_columns(0, [], {}, {})), schema=schema), sink
+    )
+    parquet_schema = pq.read_metadata(pa.BufferReader(sink.getvalue())).schema
+    return tuple(parquet_schema.column(i).path for i in range(len(parquet_schema)))
+
+
 def _codecs(meta: pq.FileMetaData) -> str | dict[str, str]:
-    """The source's compression: one codec for all columns, or one per top-level column."""
+    """The source's compression: one codec for all columns, or one per leaf column.
+
+    With per-column codecs every leaf of the two new columns gets the codec most of the
+    source's leaves use (the first such codec on a tie); a source without row groups gets
+    pyarrow's default, snappy."""
     if meta.num_row_groups == 0:
         return "snappy"
     rg = meta.row_group(0)
     per_column: dict[str, str] = {}
     for i in range(rg.num_columns):
         col = rg.column(i)
+        if col.path_in_schema.split(".", 1)[0] in _DROPPED:
+            continue
         codec = str(col.compression).lower()
         per_column[col.path_in_schema] = "none" if codec == "uncompressed" else codec
     counts = Counter(per_column.values())
-    if len(counts) == 1:
-        return next(iter(counts))
+    if len(counts) <= 1:
+        return next(iter(counts), "snappy")
     default = counts.most_common(1)[0][0]
-    per_column.setdefault(PERSISTENT_COLUMN, default)
-    per_column.setdefault(EVENTS_COLUMN, default)
+    for leaf in language_leaf_paths():
+        per_column[leaf] = default
     return per_column
 
 
@@ -261,12 +283,26 @@ def _write_shard(
                 ).append_column(schema.field(EVENTS_COLUMN), events_part)
                 writer.write_table(table.cast(schema), row_group_size=max(group_rows, 1))
                 offset += n
+        keep_mode(src, tmp)
         fsync_path(tmp)
         tmp.replace(dst)
         fsync_path(dst.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def keep_mode(original: Path, replacement: Path) -> None:
+    """Give ``replacement`` the permission bits of ``original`` (and its owner and group when
+    this process may set them), so a rewritten file looks to its users as it did."""
+    try:
+        st = original.stat()
+    except FileNotFoundError:
+        return
+    replacement.chmod(stat.S_IMODE(st.st_mode))
+    if hasattr(os, "chown"):
+        with contextlib.suppress(PermissionError):
+            os.chown(replacement, st.st_uid, st.st_gid)
 
 
 def fsync_path(path: Path) -> None:
@@ -291,10 +327,12 @@ def remove_stale_temp_files(path: Path) -> int:
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, keeping its mode when it exists."""
     tmp = _temp_path(path)
     with tmp.open("wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    keep_mode(path, tmp)
     tmp.replace(path)
     fsync_path(path.parent)

@@ -1,7 +1,7 @@
 """``narrator annotate``: the whole pipeline on one machine.
 
 Starts (unless given a Redis URL) an embedded redis-server whose append-only file lives in
-the state directory beside the dataset, enqueues the run, starts N worker processes and one
+the state directory inside the dataset, enqueues the run, starts N worker processes and one
 writer as child processes (the same ``narrator worker`` / ``narrator writer`` commands a
 cluster runs), shows a progress bar, and returns once every shard is written.
 
@@ -36,6 +36,7 @@ from narrator.common.logging import get_logger
 from narrator.common.prompts import load_prompts
 from narrator.common.queueing import JobOptions
 from narrator.common.runs import default_state_dir
+from narrator.common.state_dir import check_dataset_writable
 from narrator.local.redis_server import LocalRedis
 from narrator.ops.status import RunStatus, format_status, read_status
 from narrator.producer.enqueue import enqueue_run
@@ -144,6 +145,8 @@ def annotate(
     meta = load_dataset_meta(root)  # fail early, with the file and the problem
     check_language_columns(meta)  # language columns of an older schema: refuse, say which
     state_dir = Path(config.state_dir or default_state_dir(root))
+    staging_dir = Path(config.staging_dir or state_dir / "staging")
+    check_dataset_writable(meta, staging_dir)  # read-only, or staging on another filesystem
     prompts = load_prompts(config.prompt_dir)
     with ExitStack() as stack:
         redis_url = config.redis_url_value()
@@ -166,7 +169,7 @@ def annotate(
             prompts=prompts,
             model=model,
             options=JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries),
-            staging_dir=Path(config.staging_dir or state_dir / "staging"),
+            staging_dir=staging_dir,
             meta=meta,
         )
         if summary.complete:
