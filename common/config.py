@@ -114,6 +114,12 @@ class NarratorConfig(_Model):
     jobs_per_worker: int = Field(
         default=16, ge=1, le=64, description="jobs one worker process runs at once"
     )
+    frame_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="processes per worker process that decode, resize and JPEG-encode frames "
+        "(default: one per CPU core this process may use; 0: a thread of the worker instead)",
+    )
     job_timeout_s: int = Field(default=1800, ge=10)
     job_retries: int = Field(default=3, ge=0)
     prompt_dir: Path | None = None
@@ -137,6 +143,7 @@ _ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "NARRATOR_WORKERS": ("workers",),
     "NARRATOR_JOBS_PER_WORKER": ("jobs_per_worker",),
     "NARRATOR_JOB_TIMEOUT_S": ("job_timeout_s",),
+    "NARRATOR_FRAME_PROCESSES": ("frame_processes",),
     "NARRATOR_PROMPT_DIR": ("prompt_dir",),
     "NARRATOR_STATE_DIR": ("state_dir",),
     "NARRATOR_STAGING_DIR": ("staging_dir",),

@@ -8,8 +8,8 @@ is written) and ``narrator validate`` (after) share exactly the same rules.
 Invariants:
 * Errors are contract breaches (SPEC section 4: the shard must not be written; VQA
   coordinates outside the stored frame are one, when the frame sizes are given); warnings
-  are quality problems (memory off a subtask boundary, subtasks not covering the episode, an
-  episode with frames but no subtask rows).
+  are quality problems (memory off a subtask boundary, subtasks not covering the episode;
+  and, from :func:`coverage_findings` on a whole dataset, an episode without subtasks).
 * Timestamps are compared as float32 values, exactly: a persistent row's timestamp must be one
   of the episode's frame timestamps as stored, never "close to" one.
 * Findings come out in a deterministic order (rule checks run in a fixed order over rows in
@@ -422,9 +422,6 @@ def _check_quality(
     subtask_times = sorted(
         {_f32(r.timestamp) for r in persistent if r.style == "subtask" and r.timestamp is not None}
     )
-    if frame_timestamps and not subtask_times:
-        message = f"the episode has {len(frame_timestamps)} frames but no subtask rows"
-        out.add("no_subtasks", message)
     if subtask_times and frame_timestamps and subtask_times[0] != _f32(frame_timestamps[0]):
         first = subtask_times[0]
         message = f"the first subtask starts at {first}, not at the first frame"
@@ -462,6 +459,19 @@ def validate_episode(
         out, events_by_frame, frame_timestamps, persistent, cameras, vqa_types, frame_sizes
     )
     _check_quality(out, persistent, frame_timestamps)
+    return out.findings
+
+
+def coverage_findings(
+    *, episode: int, frames: int, persistent: Sequence[LanguageRow]
+) -> list[Finding]:
+    """What ``narrator validate`` reports about a whole annotated episode: a warning when it
+    has frames but no subtask rows (it was not annotated by the plan module, or its plan
+    failed). Not part of :func:`validate_episode`: a run of some modules only writes shards
+    whose episodes may lack subtasks on purpose."""
+    out = _Collector(episode)
+    if frames and not any(r.style == "subtask" for r in persistent):
+        out.add("no_subtasks", f"the episode has {frames} frames but no subtask rows")
     return out.findings
 
 

@@ -39,7 +39,7 @@ from narrator.common.queueing import (
 )
 from narrator.common.runs import RunRecord, load_run_async, text
 from narrator.common.staging import ModuleResult, check_module_rows
-from narrator.workers.frame_source import VideoFrameSource
+from narrator.workers.frame_source import EpisodeFrameSource
 from narrator.workers.modules.base import EpisodeContext, ModuleOutput, ModuleRunner
 from narrator.workers.modules.interjections import run_interjections
 from narrator.workers.modules.plan import run_plan
@@ -142,11 +142,12 @@ async def _annotate(run: RunRecord, module: str, episode: int, module_hash: str)
         frames=frames,
         task=task,
         fps=meta.fps,
-        cameras=tuple(c for c in meta.cameras if c.key in ep.videos),
+        # Image cameras always; video cameras the episodes table gives this episode a span of.
+        cameras=tuple(c for c in meta.cameras if c.dtype == "image" or c.key in ep.videos),
         settings=run.settings,
         prompts=run.prompts,
         model=run.model,
-        frame_source=VideoFrameSource(meta, ep, frames, run.settings.frames),
+        frame_source=EpisodeFrameSource(meta, ep, frames, run.settings.frames, rt.frame_pool),
         upstream=upstream,
     )
     with count_into(Counter()) as counts:

@@ -31,6 +31,7 @@ from narrator.common.config import NarratorConfig
 from narrator.common.dataset.reader import DatasetMeta, load_dataset_meta
 from narrator.common.errors import ConfigError
 from narrator.common.queueing import HeartbeatWorker, PermanentAwareJob
+from narrator.workers.frame_pool import FramePool
 from narrator.workers.vlm_client import VLMClient
 
 T = TypeVar("T")
@@ -63,6 +64,7 @@ class WorkerRuntime:
         self._thread.start()
         self._meta_cache: dict[tuple[str, str], DatasetMeta] = {}
         self._meta_lock = threading.Lock()
+        self.frame_pool = FramePool(config.frame_processes)  # decode + JPEG, off the loop
         self.client: VLMClient = self.run(self._make_client())
         self.aredis: aredis.Redis = self.run(self._make_aredis())
 
@@ -112,6 +114,7 @@ class WorkerRuntime:
             self.run(_close())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
+        self.frame_pool.close()
         self.sync_redis.close()
 
 

@@ -153,7 +153,24 @@ def parse_info(raw: bytes, path: Path) -> dict[str, Any]:
     return info
 
 
+CONVERTER = "lerobot.datasets.v30.convert_dataset_v21_to_v30"
+
+
+def _check_codebase_version(info: dict[str, Any], path: Path) -> None:
+    """narrator reads LeRobot v3.x datasets only (their layout is what the reader knows)."""
+    version = info.get("codebase_version")
+    if isinstance(version, str) and version.startswith("v3."):
+        return
+    found = f"codebase_version {version!r}" if version is not None else "no codebase_version"
+    raise DatasetError(
+        path,
+        f"has {found}; narrator reads LeRobot v3 datasets only: convert it with LeRobot's "
+        f"converter (python -m {CONVERTER} --repo-id=<repo>) and annotate the converted copy",
+    )
+
+
 def _check_info_keys(info: dict[str, Any], path: Path) -> None:
+    _check_codebase_version(info, path)
     missing = [k for k in ("fps", "features", "data_path") if k not in info]
     if missing:
         raise DatasetError(

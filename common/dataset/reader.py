@@ -326,14 +326,36 @@ def _check_data_file(
         raise DatasetError(path, f"cannot be read as parquet ({exc}); {_RESTORE}") from exc
     require_columns(schema, DATA_COLUMNS, path)
     for cam in cameras:
-        if cam.dtype == "image" and schema.get_field_index(cam.key) < 0:
-            raise DatasetError(path, f"lacks the column of image camera {cam.key!r}")
+        if cam.dtype == "image":
+            _check_image_column(path, schema, cam.key)
     expected = sum(e.length for e in episodes)
     if metadata.num_rows != expected or not statistics_agree(metadata, episodes):
         column = _read_column(path, "episode_index")
         raise layout_error(root, rel, episodes, all_episodes, column)
     check_tiling(root, rel, episodes)
     return schema
+
+
+def _check_image_column(path: Path, schema: pa.Schema, key: str) -> None:
+    """An image camera's column holds LeRobot's ``{bytes, path}`` struct (or plain bytes)."""
+    if schema.get_field_index(key) < 0:
+        raise DatasetError(path, f"lacks the column of image camera {key!r}")
+    kind = schema.field(key).type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return
+    if pa.types.is_struct(kind):
+        index = kind.get_field_index("bytes")
+        if index >= 0 and (
+            pa.types.is_binary(kind.field(index).type)
+            or pa.types.is_large_binary(kind.field(index).type)
+        ):
+            return
+    raise DatasetError(
+        path,
+        f"column of image camera {key!r} has type {kind}; narrator reads images embedded as "
+        "LeRobot writes them (struct<bytes: binary, path: string>). Images stored as files "
+        "beside the dataset are not supported: embed them or encode the camera as a video",
+    )
 
 
 def _check_no_orphan_data_files(root: Path, files: Mapping[str, list[Episode]]) -> None:
