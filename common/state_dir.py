@@ -27,7 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from narrator.common.dataset.meta import INFO_FILE, DatasetMeta
+from narrator.common.dataset.files import INFO_FILE
+from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.errors import DatasetError
 from narrator.common.logging import get_logger
 

@@ -29,7 +29,8 @@ from rq.worker import Worker
 
 from narrator.common import keys
 from narrator.common.config import AnnotationSettings
-from narrator.common.dataset.reader import DatasetMeta, check_language_columns, load_dataset_meta
+from narrator.common.dataset.meta import DatasetMeta
+from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
 from narrator.common.logging import get_logger
 from narrator.common.prompts import PromptSet
 from narrator.common.queueing import (

@@ -20,7 +20,8 @@ import asyncio
 from collections.abc import Sequence
 
 from narrator.common.config import FrameSettings
-from narrator.common.dataset.meta import INFO_FILE, DatasetMeta, Episode, EpisodeFrames
+from narrator.common.dataset.files import INFO_FILE
+from narrator.common.dataset.meta import DatasetMeta, Episode, EpisodeFrames
 from narrator.common.errors import DatasetError
 from narrator.common.logging import get_logger
 from narrator.workers.frame_pool import FramePool

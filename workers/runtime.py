@@ -28,7 +28,8 @@ from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 
 from narrator.common.config import NarratorConfig
-from narrator.common.dataset.reader import DatasetMeta, load_dataset_meta
+from narrator.common.dataset.meta import DatasetMeta
+from narrator.common.dataset.reader import load_dataset_meta
 from narrator.common.errors import ConfigError
 from narrator.common.queueing import HeartbeatWorker, PermanentAwareJob
 from narrator.workers.frame_pool import FramePool

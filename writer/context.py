@@ -23,7 +23,8 @@ from pathlib import Path
 
 import redis
 
-from narrator.common.dataset.meta import INFO_FILE, DatasetMeta
+from narrator.common.dataset.files import INFO_FILE
+from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.dataset.reader import load_dataset_meta
 from narrator.common.errors import PermanentError
 from narrator.common.logging import get_logger
