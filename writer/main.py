@@ -20,6 +20,7 @@ from narrator.common.queueing import ContextWorker
 from narrator.common.runs import load_run, text
 from narrator.writer.context import WriterContext
 from narrator.writer.finalize import resume_interrupted
+from narrator.writer.shard import use_returning_memory_pool
 
 log = get_logger(__name__)
 
@@ -47,10 +48,11 @@ def run_writer(config: NarratorConfig, *, burst: bool = False) -> None:
     if not url:
         raise ConfigError("narrator writer needs --redis-url (or NARRATOR_REDIS_URL)")
     start_metrics_server(config.metrics_port)
+    allocator = use_returning_memory_pool()
     conn = redis.Redis.from_url(url)
     ctx = WriterContext(conn=conn)
     recovered = recover(ctx)
-    log.info("writer starting", recovered_commits=recovered)
+    log.info("writer starting", recovered_commits=recovered, arrow_allocator=allocator)
     worker = ContextWorker(
         [keys.WRITER_QUEUE],
         context=ctx,
