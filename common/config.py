@@ -14,43 +14,225 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from narrator.common import config_surface as surface
+from narrator.common.config_surface import (
+    ANNOTATE,
+    CONFIG_COMMANDS,
+    ENQUEUE,
+    RETRY_FAILED,
+    STATUS,
+    WORKER,
+    WRITER,
+    Setting,
+    Surface,
+)
 from narrator.common.errors import ConfigError
 
 QUESTION_TYPES: tuple[str, ...] = ("bbox", "keypoint", "count", "attribute", "spatial")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+REDIS_SCHEMES: tuple[str, ...] = ("redis", "rediss", "unix")
+
+RUN_COMMANDS = frozenset({ANNOTATE, ENQUEUE})  # what shapes a run
+VLM_COMMANDS = frozenset({ANNOTATE, ENQUEUE, WORKER})  # what talks to the VLM
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite numbers only: "inf" or "nan" from a flag is a mistake, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FrameSettings(_Model):
-    max_pixels: int = Field(default=448 * 448, ge=64 * 64, description="pixel budget per image")
-    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    max_pixels: int = Field(
+        default=448 * 448,
+        ge=64 * 64,
+        le=4096 * 4096,
+        description="pixel budget per image sent to the VLM, in pixels (width x height)",
+    )
+    jpeg_quality: int = Field(
+        default=85, ge=10, le=100, description="JPEG quality of the images sent, 10-100"
+    )
 
 
 class PlanSettings(_Model):
-    sample_hz: float = Field(default=1.0, gt=0)
-    frames_per_request: int = Field(default=16, ge=2, le=64)
-    min_subtask_seconds: float = Field(default=1.0, ge=0)
-    max_subtasks: int = Field(default=8, ge=1)
-    task_aug_count: int = Field(default=2, ge=0, le=10)
+    """The plan module (and the camera the interjections module looks through).
+
+    Two ways to show an episode: contact sheets (``contact_sheets``, the default: frames
+    sampled at ``frames_per_second`` tiled into timestamped JPEG grids, at most
+    ``max_frames_per_prompt`` frames per request) or one captioned image per frame (frames
+    sampled at ``sample_hz``, at most ``frames_per_request`` per request)."""
+
+    camera: Annotated[
+        str | None,
+        Surface(flag="--camera", metavar="KEY", default_text="the first non-depth video camera"),
+    ] = Field(
+        default=None,
+        description="camera the plan and interjections modules show the VLM: an "
+        "observation.images.* key or its last part (top)",
+    )
+    contact_sheets: bool = Field(
+        default=True,
+        description="show the plan module's frames as timestamped contact sheets (tiled "
+        "JPEG grids); --no-contact-sheets sends one image per frame",
+    )
+    frames_per_second: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="rate at which frames are sampled for the contact sheets, in Hz (<= 60)",
+    )
+    max_frames_per_prompt: int = Field(
+        default=60,
+        ge=2,
+        le=400,
+        description="most contact-sheet frames per subtask request, 2-400 (longer episodes "
+        "are cut into windows at the same rate and stitched)",
+    )
+    contact_sheet_columns: int = Field(
+        default=5, ge=1, le=10, description="tiles per row of a contact sheet, 1-10"
+    )
+    contact_sheet_frames_per_sheet: int = Field(
+        default=20, ge=1, le=100, description="tiles per contact sheet, 1-100"
+    )
+    contact_sheet_frame_width_px: int = Field(
+        default=224, ge=64, le=1024, description="width of one contact-sheet tile, in pixels"
+    )
+    sample_hz: Annotated[float, Surface(flag="--plan-sample-hz")] = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="rate at which frames are sampled without contact sheets, in Hz (<= 60)",
+    )
+    frames_per_request: int = Field(
+        default=16,
+        ge=2,
+        le=64,
+        description="frames per subtask request without contact sheets, 2-64",
+    )
+    subtask_describe_first: bool = Field(
+        default=True,
+        description="before segmenting, ask the VLM to describe what the robot does (one "
+        "more request per window; the description is given to the segmentation request)",
+    )
+    subtask_seeded_relabel: bool = Field(
+        default=False,
+        description="after segmenting, relabel each subtask from the previous, current and "
+        "next segments' frames with its first label as a prior (one more request per "
+        "subtask; boundaries stay)",
+    )
+    subtask_relabel_frames: int = Field(
+        default=5, ge=1, le=20, description="frames shown per segment when relabelling, 1-20"
+    )
+    min_subtask_seconds: float = Field(
+        default=1.0, ge=0, description="shortest subtask span, in seconds"
+    )
+    max_subtasks: int = Field(
+        default=8, ge=1, le=100, description="most subtasks per episode, 1-100"
+    )
+    emit_plan: Annotated[bool, Surface(flag="--plan")] = Field(
+        default=True,
+        description="write plan rows (at every subtask start and every interjection); "
+        "--no-plan writes none",
+    )
+    emit_memory: Annotated[bool, Surface(flag="--memory")] = Field(
+        default=True,
+        description="write memory rows (at every subtask boundary after the first); "
+        "--no-memory writes none",
+    )
+    task_aug_count: int = Field(
+        default=10,
+        ge=0,
+        le=50,
+        description="task rephrasings per episode, 0-50 (after the effective task itself)",
+    )
+    task_aug_axes: bool = Field(
+        default=False,
+        description="rephrase the task along five axes (synonyms, omit arm, omit "
+        "orientation, omit grasp method, combined omissions) instead of task_aug_count "
+        "free rephrasings",
+    )
+    task_aug_synonym_paraphrase: int = Field(
+        default=3, ge=0, le=10, description="axes mode: synonym paraphrases, 0-10"
+    )
+    task_aug_omit_arm: int = Field(
+        default=3, ge=0, le=10, description="axes mode: variants without the arm, 0-10"
+    )
+    task_aug_omit_orientation: int = Field(
+        default=2, ge=0, le=10, description="axes mode: variants without the orientation, 0-10"
+    )
+    task_aug_omit_grasp_method: int = Field(
+        default=2, ge=0, le=10, description="axes mode: variants without the grasp, 0-10"
+    )
+    task_aug_combined_omissions: int = Field(
+        default=2, ge=0, le=10, description="axes mode: variants omitting two of those, 0-10"
+    )
+    derive_task_from_video: Literal["off", "if_short", "always"] = Field(
+        default="if_short",
+        description="ask the VLM what the episode shows and use that as the task in prompts "
+        "and as the first task_aug row: off, if_short (the dataset task is a placeholder or "
+        "shorter than derive_task_min_words) or always; meta/tasks.parquet is never changed",
+    )
+    derive_task_min_words: int = Field(
+        default=3, ge=1, le=20, description="a dataset task with fewer words counts as short"
+    )
+
+    def task_aug_axis_counts(self) -> dict[str, int]:
+        """Axis name -> how many variants the axes mode asks for, in axis order."""
+        return {
+            "synonym_paraphrase": self.task_aug_synonym_paraphrase,
+            "omit_arm": self.task_aug_omit_arm,
+            "omit_orientation": self.task_aug_omit_orientation,
+            "omit_grasp_method": self.task_aug_omit_grasp_method,
+            "combined_omissions": self.task_aug_combined_omissions,
+        }
 
 
 class InterjectionSettings(_Model):
-    max_interjections: int = Field(default=1, ge=0)
-    interjection_min_s: float = Field(default=1.0, ge=0)
-    context_frames: int = Field(default=4, ge=1, le=16)
+    max_interjections: int = Field(
+        default=1, ge=0, le=100, description="most interjections per episode, 0-100"
+    )
+    interjection_min_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="earliest time of an interjection in an episode, in seconds",
+    )
+    context_frames: Annotated[int, Surface(flag="--interjection-context-frames")] = Field(
+        default=4, ge=1, le=16, description="frames shown per interjection request, 1-16"
+    )
 
 
 class VQASettings(_Model):
-    vqa_hz: float = Field(default=0.5, gt=0)
-    question_types: tuple[str, ...] = QUESTION_TYPES
+    vqa_hz: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="VQA ticks per second of episode, per camera, in Hz (<= 60; ticks snap "
+        "to stored frames)",
+    )
+    question_types: tuple[str, ...] = Field(
+        default=QUESTION_TYPES,
+        description="comma-separated VQA question types, a subset of " + ",".join(QUESTION_TYPES),
+    )
+    vqa_cameras: Annotated[
+        tuple[str, ...], Surface(metavar="KEY,...", default_text="every non-depth camera")
+    ] = Field(
+        default=(),
+        description="comma-separated cameras VQA asks about: observation.images.* keys or "
+        "their last parts",
+    )
+    vqa_frames_per_tick: int = Field(
+        default=1,
+        ge=1,
+        le=30,
+        description="consecutive frames asked about per VQA tick, from the tick's frame on "
+        "(upstream's K), 1-30",
+    )
 
     @field_validator("question_types")
     @classmethod
@@ -60,42 +242,94 @@ class VQASettings(_Model):
             raise ValueError(f"question types must be a non-empty subset of {QUESTION_TYPES}")
         return v
 
+    @field_validator("vqa_cameras")
+    @classmethod
+    def _distinct_cameras(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"cameras {list(v)} name one camera twice")
+        return v
+
 
 class AnnotationSettings(_Model):
     """Everything that changes what the VLM is asked (hashed into module hashes)."""
 
-    modules: tuple[str, ...] = ("plan", "interjections", "vqa")
-    seed: int = 0
-    temperature: float = Field(default=0.2, ge=0)
-    max_tokens: int = Field(default=1024, ge=16)
+    cli_group: ClassVar[str] = "annotation (what is asked; changing it recomputes)"
+    cli_commands: ClassVar[frozenset[str]] = RUN_COMMANDS
+
+    modules: tuple[str, ...] = Field(
+        default=("plan", "interjections", "vqa"),
+        description="comma-separated modules to run: a subset of plan,interjections,vqa",
+    )
+    seed: int = Field(default=0, description="seed of the per-episode choices and requests")
+    temperature: float = Field(
+        default=0.2, ge=0, le=2, description="sampling temperature of the VLM, 0-2"
+    )
+    max_tokens: int = Field(
+        default=1024, ge=16, le=131072, description="most tokens per VLM answer"
+    )
     frames: FrameSettings = FrameSettings()
     plan: PlanSettings = PlanSettings()
     interjections: InterjectionSettings = InterjectionSettings()
     vqa: VQASettings = VQASettings()
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: Annotated[dict[str, Any] | None, Surface(metavar="JSON")] = Field(
+        default=None,
+        description="JSON object passed to the chat template, e.g. '{\"enable_thinking\": false}'",
+    )
 
     @field_validator("modules")
     @classmethod
     def _known_modules(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("give at least one module: plan, interjections or vqa")
         unknown = set(v) - {"plan", "interjections", "vqa"}
         if unknown:
             raise ValueError(f"unknown modules {sorted(unknown)}; use plan, interjections, vqa")
+        if len(set(v)) != len(v):
+            raise ValueError(f"modules {list(v)} name one module twice")
         if "interjections" in v and "plan" not in v:
             raise ValueError("the interjections module needs the plan module")
         return v
 
 
 class VLMSettings(_Model):
-    urls: tuple[str, ...] = ()
-    model: str | None = None
-    api_key: SecretStr | None = None
-    timeout_s: float = Field(default=120.0, gt=0)
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    max_in_flight_per_replica: int | None = Field(default=None, ge=1)
-    max_attempts: int = Field(default=6, ge=1)
-    backoff_base_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    health_interval_s: float = Field(default=5.0, gt=0)
+    cli_prefix: ClassVar[str] = "vlm-"
+    cli_group: ClassVar[str] = "VLM server and requests"
+    cli_commands: ClassVar[frozenset[str]] = VLM_COMMANDS
+
+    urls: Annotated[
+        tuple[str, ...],
+        Surface(flag="--vlm-url", env="NARRATOR_VLM_URLS", repeat=True, metavar="URL"),
+    ] = Field(
+        default=(),
+        description="base URL of an OpenAI-compatible server (repeat the flag for several "
+        "replicas; the variable takes a comma-separated list)",
+    )
+    model: Annotated[
+        str | None,
+        Surface(flag="--model", env="NARRATOR_MODEL", default_text="the one the server lists"),
+    ] = Field(default=None, description="model name to ask for")
+    api_key: Annotated[
+        SecretStr | None,
+        Surface(env="NARRATOR_VLM_API_KEY", no_flag="a secret: argv is visible to every user"),
+    ] = Field(default=None, description="API key sent as 'Authorization: Bearer KEY'")
+    timeout_s: float = Field(default=120.0, gt=0, description="per-request timeout, in seconds")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="connection timeout per request, in seconds"
+    )
+    max_in_flight_per_replica: Annotated[
+        int | None,
+        Surface(flag="--max-in-flight-per-replica", default_text="adaptive, from the replica"),
+    ] = Field(default=None, ge=1, description="concurrent requests per replica")
+    max_attempts: int = Field(
+        default=6, ge=1, le=100, description="attempts per request, across replicas"
+    )
+    backoff_base_s: float = Field(
+        default=0.5, ge=0, description="first retry delay, in seconds (doubles per attempt)"
+    )
+    backoff_max_s: float = Field(default=30.0, ge=0, description="longest retry delay, in seconds")
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="how often a replica out of rotation is probed, in seconds"
+    )
 
     @field_validator("urls")
     @classmethod
@@ -103,66 +337,120 @@ class VLMSettings(_Model):
         return tuple(u.rstrip("/") for u in v)
 
 
+_RUNS_WORKERS = frozenset({ANNOTATE, WORKER})  # commands that start worker processes
+
+
 class NarratorConfig(_Model):
-    redis_url: SecretStr | None = None
+    cli_group: ClassVar[str] = "run, connection and processes"
+    cli_commands: ClassVar[frozenset[str]] = RUN_COMMANDS
+
+    redis_url: Annotated[
+        SecretStr | None,
+        Surface(
+            commands=frozenset(CONFIG_COMMANDS),
+            metavar="URL",
+            default_text="annotate: its own embedded Redis",
+        ),
+    ] = Field(
+        default=None,
+        description="Redis URL: redis://[user:password@]host:port/db, rediss:// (TLS) or unix://PATH",
+    )
     vlm: VLMSettings = VLMSettings()
     annotation: AnnotationSettings = AnnotationSettings()
-    workers: int = Field(default=2, ge=1, description="worker processes")
+    workers: Annotated[int, Surface(commands=frozenset({ANNOTATE, WORKER}))] = Field(
+        default=2, ge=1, le=256, description="worker processes"
+    )
     # 16: a job keeps about 1.75 requests in flight on average (its requests are partly
     # sequential), so 2 processes x 16 jobs keep ~56 requests at the replicas, enough to fill
     # ~45 slots; 2 x 4 left 16 slots only 90% busy (tests/bench/bench_saturation.py).
-    jobs_per_worker: int = Field(
-        default=16, ge=1, le=64, description="jobs one worker process runs at once"
+    jobs_per_worker: Annotated[int, Surface(commands=frozenset({ANNOTATE, WORKER}))] = Field(
+        default=16, ge=1, le=64, description="jobs one worker process runs at once, 1-64"
     )
-    frame_processes: int | None = Field(
+    frame_processes: Annotated[int | None, Surface(commands=_RUNS_WORKERS)] = Field(
         default=None,
         ge=0,
         description="processes per worker process that decode, resize and JPEG-encode frames "
-        "(default: one per CPU core this process may use; 0: a thread of the worker instead)",
+        "(default: one per CPU core it may use; 0: a thread of the worker instead)",
     )
-    job_timeout_s: int = Field(default=1800, ge=10)
-    job_retries: int = Field(default=3, ge=0)
-    prompt_dir: Path | None = None
-    state_dir: Path | None = None
-    staging_dir: Path | None = None
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    log_level: str = "info"
-    log_format: Literal["json", "console"] | None = None
+    job_timeout_s: int = Field(
+        default=1800, ge=10, description="longest time one job may run, in seconds"
+    )
+    job_retries: int = Field(
+        default=3, ge=0, le=100, description="retries of a failed job before it counts as failed"
+    )
+    prompt_dir: Annotated[Path | None, Surface(metavar="DIR")] = Field(
+        default=None,
+        description="directory of prompt files replacing the shipped ones of the same name",
+    )
+    state_dir: Annotated[
+        Path | None,
+        Surface(
+            commands=frozenset({ANNOTATE, ENQUEUE, STATUS, RETRY_FAILED}),
+            metavar="DIR",
+            default_text="inside the dataset",
+        ),
+    ] = Field(default=None, description="where annotate keeps its Redis data, staging and logs")
+    staging_dir: Annotated[
+        Path | None, Surface(metavar="DIR", default_text="STATE_DIR/staging")
+    ] = Field(default=None, description="where finalized shards wait until the run commits")
+    metrics_port: Annotated[int | None, Surface(commands=frozenset({WORKER, WRITER}))] = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics on this TCP port"
+    )
+    log_level: Annotated[str, Surface(commands=frozenset(CONFIG_COMMANDS), metavar="LEVEL")] = (
+        Field(default="info", description="log level: " + ", ".join(LOG_LEVELS))
+    )
+    log_format: Annotated[
+        Literal["json", "console"] | None,
+        Surface(
+            commands=frozenset(CONFIG_COMMANDS),
+            default_text="console on a terminal, else json",
+        ),
+    ] = Field(default=None, description="log line format")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v.get_secret_value())
+            port = parts.port  # raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a URL Redis understands ({exc})") from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and port is not None and not 0 < port < 65536:
+            raise ValueError("the port must be 1-65535")
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip().lower()
+            if v not in LOG_LEVELS:
+                raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
+        return v
 
     def redis_url_value(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None
 
 
-# Environment variables with a fixed meaning; anything else of the form
-# NARRATOR_SECTION__FIELD (double underscore) reaches nested fields generically.
-_ENV_ALIASES: dict[str, tuple[str, ...]] = {
-    "NARRATOR_REDIS_URL": ("redis_url",),
-    "NARRATOR_VLM_URLS": ("vlm", "urls"),
-    "NARRATOR_MODEL": ("vlm", "model"),
-    "NARRATOR_VLM_API_KEY": ("vlm", "api_key"),
-    "NARRATOR_WORKERS": ("workers",),
-    "NARRATOR_JOBS_PER_WORKER": ("jobs_per_worker",),
-    "NARRATOR_JOB_TIMEOUT_S": ("job_timeout_s",),
-    "NARRATOR_FRAME_PROCESSES": ("frame_processes",),
-    "NARRATOR_PROMPT_DIR": ("prompt_dir",),
-    "NARRATOR_STATE_DIR": ("state_dir",),
-    "NARRATOR_STAGING_DIR": ("staging_dir",),
-    "NARRATOR_METRICS_PORT": ("metrics_port",),
-    "NARRATOR_LOG_LEVEL": ("log_level",),
-    "NARRATOR_LOG_FORMAT": ("log_format",),
-}
-_LIST_FIELDS = {("vlm", "urls"), ("annotation", "modules"), ("annotation", "vqa", "question_types")}
+@cache
+def config_settings() -> tuple[Setting, ...]:
+    """Every leaf setting of :class:`NarratorConfig` with its flag and env names."""
+    return surface.settings_of(NarratorConfig)
 
 
-def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    node = target
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[path[-1]] = value
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Map ``NARRATOR_*`` environment variables onto the config's nested dict shape."""
+    return surface.env_overrides(config_settings(), env)
+
+
+def child_env(config: NarratorConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with its config variables replaced by ``config``: a child process that loads
+    its config from this environment (no flags, no YAML) gets ``config`` back."""
+    return surface.child_environment(config_settings(), config, base)
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,25 +463,6 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """Map ``NARRATOR_*`` environment variables onto the config's nested dict shape."""
-    out: dict[str, Any] = {}
-    for name, raw in env.items():
-        if not name.startswith("NARRATOR_") or raw == "":
-            continue
-        if name in _ENV_ALIASES:
-            path = _ENV_ALIASES[name]
-        elif "__" in name:
-            path = tuple(p.lower() for p in name.removeprefix("NARRATOR_").split("__"))
-        else:
-            continue
-        value: Any = raw
-        if path in _LIST_FIELDS:
-            value = [v.strip() for v in raw.split(",") if v.strip()]
-        _set_path(out, path, value)
-    return out
-
-
 def load_config(
     cli: Mapping[str, Any] | None = None,
     *,
@@ -203,10 +472,12 @@ def load_config(
     """Build the process's config; raises :class:`ConfigError` with every problem listed.
 
     ``cli`` uses the nested shape of :class:`NarratorConfig` and holds only flags the user
-    gave (None values are ignored).
+    gave (None values are ignored). Each problem names the setting's flag and variable.
     """
     merged: dict[str, Any] = {}
     if yaml_path is not None:
+        import yaml  # only when a file is given: keeps `narrator --help` light
+
         try:
             loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -219,10 +490,16 @@ def load_config(
     try:
         return NarratorConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_describe(err["loc"], err["msg"]) for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def _describe(loc: tuple[str | int, ...], message: str) -> str:
+    where = ".".join(str(p) for p in loc)
+    setting = surface.setting_for(config_settings(), loc)
+    if setting is not None:
+        where = f"{setting.names()} ({setting.dotted})"
+    return f"{where}: {message.removeprefix('Value error, ')}"
 
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:

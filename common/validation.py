@@ -344,6 +344,7 @@ def _check_events(
     persistent: Sequence[LanguageRow],
     cameras: Collection[str],
     vqa_types: Mapping[tuple[int, str], str] | None,
+    plans: bool,
     frame_sizes: Mapping[str, FrameSize] | None,
 ) -> None:
     n_frames = len(frame_timestamps)
@@ -360,7 +361,9 @@ def _check_events(
         t = _f32(frame_timestamps[frame])
         for row in rows:
             _check_row(out, row, in_persistent=False, t=t, cameras=cameras)
-        _check_frame_events(out, frame, t, rows, plan_times, vqa_types, frame_sizes)
+        _check_frame_events(
+            out, frame, t, rows, plan_times if plans else None, vqa_types, frame_sizes
+        )
 
 
 def _check_frame_events(
@@ -368,16 +371,17 @@ def _check_frame_events(
     frame: int,
     t: float,
     rows: Sequence[LanguageRow],
-    plan_times: set[float],
+    plan_times: set[float] | None,
     vqa_types: Mapping[tuple[int, str], str] | None,
     frame_sizes: Mapping[str, FrameSize] | None,
 ) -> None:
+    """``plan_times`` None: plans are off, so an interjection needs no plan row."""
     has_speech = any(r.style is None and speech_text_or_none(r) is not None for r in rows)
     if any(r.style == "interjection" for r in rows):
         missing = []
         if not has_speech:
             missing.append("a speech atom on the same frame")
-        if t not in plan_times:
+        if plan_times is not None and t not in plan_times:
             missing.append("a plan row in language_persistent at the same timestamp")
         if missing:
             message = f"interjection on frame {frame} lacks " + " and ".join(missing)
@@ -442,21 +446,30 @@ def validate_episode(
     events_by_frame: Mapping[int, Sequence[LanguageRow]],
     cameras: Collection[str],
     vqa_types: Mapping[tuple[int, str], str] | None = None,
+    plans: bool = True,
     frame_sizes: Mapping[str, FrameSize] | None = None,
 ) -> list[Finding]:
     """Every rule of SPEC sections 2 and 4 over one episode's rows.
 
     ``frame_timestamps`` are the episode's stored timestamps in frame order;
     ``events_by_frame`` maps an episode-relative frame index to the event rows on it;
-    ``vqa_types`` optionally gives the question type asked per (frame, camera);
-    ``frame_sizes`` optionally the stored (width, height) per camera, to check that VQA boxes
-    and points lie in the frame.
+    ``vqa_types`` optionally gives the question type asked per (frame, camera); ``plans``
+    says whether plan rows were written (``--no-plan`` turns them off, and with them the rule
+    that an interjection has a plan row on its frame); ``frame_sizes`` optionally the stored
+    (width, height) per camera, to check that VQA boxes and points lie in the frame.
     """
     out = _Collector(episode)
     frame_ts = {_f32(t) for t in frame_timestamps}
     _check_persistent(out, persistent, frame_ts, cameras)
     _check_events(
-        out, events_by_frame, frame_timestamps, persistent, cameras, vqa_types, frame_sizes
+        out,
+        events_by_frame,
+        frame_timestamps,
+        persistent,
+        cameras,
+        vqa_types,
+        plans,
+        frame_sizes,
     )
     _check_quality(out, persistent, frame_timestamps)
     return out.findings

@@ -28,6 +28,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from narrator.common import keys
+from narrator.common.cameras import check_camera_settings
 from narrator.common.config import AnnotationSettings
 from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
@@ -86,6 +87,7 @@ def enqueue_run(
     # What this process can see: the producer's view of the dataset is often read-only (the
     # writer, another process, writes it), so only the filesystem rule is checked here.
     check_dataset_writable(meta, staging_dir, probe_writes=False)
+    check_camera_settings(settings, meta.cameras)
     run_id = compute_run_id(root, meta.fingerprint())
     module_hashes = compute_module_hashes(settings, prompts, model)
     generation = generation_of(module_hashes)

@@ -21,7 +21,7 @@ from narrator.common.dataset.meta import EpisodeFrames, FrameSize
 from narrator.common.errors import ContractError
 from narrator.common.staging import ModuleResult, StagedRow
 from narrator.common.validation import Finding, validate_episode
-from narrator.writer.merge import kept_rows
+from narrator.writer.merge import kept_rows, yield_to_interjections
 
 PersistentRows = dict[int, list[LanguageRow]]  # episode -> sorted persistent rows
 EventRows = dict[int, dict[int, list[LanguageRow]]]  # episode -> frame -> sorted event rows
@@ -62,12 +62,16 @@ def assemble_file(
     results: Mapping[tuple[str, int], ModuleResult],
     existing: Mapping[int, EpisodeLanguage] | None = None,
     frame_sizes: Mapping[int, Mapping[str, FrameSize]] | None = None,
+    plans: bool = True,
 ) -> tuple[PersistentRows, EventRows, list[Finding]]:
     """Every episode's rows: the run's ``modules``' staged rows plus the existing rows they do
     not own, sorted, with the findings of validating them.
 
-    ``frame_sizes`` (episode -> camera -> stored width, height) lets validation check VQA
-    coordinates against the frames.
+    On a frame with an interjection (new or kept) the plan module's plan row yields to the
+    interjection's own (:func:`writer.merge.yield_to_interjections`). ``frame_sizes``
+    (episode -> camera -> stored width, height) lets validation check VQA coordinates against
+    the frames; ``plans`` False (``--no-plan``) lifts the rule that an interjection has a plan
+    row on its frame.
     """
     persistent: PersistentRows = {}
     events: EventRows = {}
@@ -83,8 +87,20 @@ def assemble_file(
             p_rows.extend(keep_p)
             for frame, rows in keep_e.items():
                 e_rows[frame].extend(rows)
+        interjection_frames = {
+            row.frame
+            for module in modules
+            for row in results[(module, ep)].rows
+            if row.style == "interjection"
+        }
+        interjection_frames |= {
+            f for f, rows in e_rows.items() if any(r.style == "interjection" for r in rows)
+        }
         for module in modules:
-            for row in results[(module, ep)].rows:
+            staged = results[(module, ep)].rows
+            if module == "plan":
+                staged = yield_to_interjections(staged, interjection_frames)
+            for row in staged:
                 if not 0 <= row.frame < len(ts):
                     raise ContractError(f"episode {ep}: {module} row on missing frame {row.frame}")
                 if row.column == "persistent":
@@ -101,5 +117,6 @@ def assemble_file(
             cameras=cameras,
             vqa_types=_vqa_types(results, ep) or None,
             frame_sizes=(frame_sizes or {}).get(ep),
+            plans=plans,
         )
     return persistent, events, findings

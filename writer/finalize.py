@@ -84,6 +84,7 @@ def finalize_file(
         results,
         existing=existing,
         frame_sizes={e: probe.sizes(e) for e in episodes},
+        plans=run.settings.plan.emit_plan,
     )
     errors = [f for f in findings if f.severity == "error"]
     if errors:

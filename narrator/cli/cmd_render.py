@@ -1,149 +1,145 @@
-"""``narrator render ROOT --recipe NAME``: print the chat samples a recipe makes from an
-annotated dataset (JSON lines, or a readable layout with ``--format pretty``).
+"""``narrator render ROOT --recipe NAME_OR_FILE``: print the chat samples LeRobot builds from an
+annotated dataset with a recipe in LeRobot's format (JSON lines, or ``--format pretty``).
 
-Frames: ``--frames 0,10,20`` (episode-relative), ``--every N`` (every Nth frame), or every
-frame by default. A recipe that depends on the camera (``vqa``) renders once per camera.
-Frames where the recipe has no target render nothing and are not printed.
+Each frame gets what LeRobot's ``render_sample`` returns for it (``sample_idx`` = the frame's
+``index``, ``task`` = the frame's task): ``messages``, ``message_streams`` and
+``target_message_indices``, plus ``episode``, ``frame``, ``index``, ``timestamp``, ``task`` and,
+for a blend, ``component``. Frames that render nothing are not printed; when nothing renders
+at all, the reason goes to stderr. ``--fallback`` applies ``RenderMessagesStep``: frames the
+recipe misses become LeRobot's low-level task sample (``source`` says which).
 
-Invariants:
-* ``sample_index`` is the frame's global dataset index, stable whatever is selected, so a
-  blend picks the same component for the same frame in every invocation (all cameras of a
-  frame share that component).
+Frames: ``--frames 0,10,20`` (positions in the episode; one beyond an episode is an error),
+``--every N``, or every frame.
+
+Invariant: importing this module imports no heavy library (pyarrow, PyAV, aiohttp, redis);
+:func:`run` imports what it needs, so ``narrator --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from narrator.common.dataset.language import EpisodeLanguage, read_episode_language
-from narrator.common.dataset.meta import DatasetMeta
-from narrator.common.dataset.reader import load_dataset_meta
-from narrator.common.errors import ConfigError
-from narrator.consumer.recipes import AnyRecipe, Blend, load_recipe
-from narrator.consumer.render import AmbiguousBindingError, blend_choice, render_sample
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "consumer" / "recipes"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("render", help="render training samples with a recipe")
-    p.add_argument("root", type=Path, help="annotated dataset root")
-    p.add_argument(
-        "--recipe", required=True, help="shipped recipe name (e.g. blend, vqa) or a YAML path"
+    shipped = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml")))
+    p = subparsers.add_parser(
+        "render", help="print the chat samples LeRobot trains on, rendered with a recipe"
     )
-    p.add_argument("--episode", type=int, action="append", help="episode index (repeatable)")
+    p.add_argument("root", type=Path, help="annotated dataset root (holding meta/ and data/)")
+    p.add_argument(
+        "--recipe",
+        required=True,
+        metavar="NAME_OR_FILE",
+        help=f"a recipe YAML in LeRobot's format, or a shipped recipe: {shipped}",
+    )
+    p.add_argument(
+        "--episode",
+        type=int,
+        action="append",
+        metavar="N",
+        help="episode index to render (repeatable; default: every episode)",
+    )
     frames = p.add_mutually_exclusive_group()
-    frames.add_argument("--frames", help="comma-separated episode-relative frame indices")
-    frames.add_argument("--every", type=int, metavar="N", help="every Nth frame")
-    p.add_argument("--format", choices=["jsonl", "pretty"], default="jsonl")
+    frames.add_argument(
+        "--frames",
+        metavar="LIST",
+        help="comma-separated frame positions within the episode, e.g. 0,10,20 (default: all)",
+    )
+    frames.add_argument("--every", type=int, metavar="N", help="every Nth frame (default 1)")
+    p.add_argument(
+        "--fallback",
+        action="store_true",
+        help="apply LeRobot's RenderMessagesStep: frames the recipe misses train on the task "
+        "as a low-level sample, as in training",
+    )
+    p.add_argument(
+        "--format", choices=["jsonl", "pretty"], default="jsonl", help="output (default jsonl)"
+    )
     p.set_defaults(func=run)
 
 
-def parse_frames(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        frames = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ConfigError(
-            f"--frames {text!r}: give comma-separated integers like 0,10,20"
-        ) from None
-    if not frames or frames[0] < 0:
-        raise ConfigError(f"--frames {text!r}: give non-negative frame indices")
-    return frames
-
-
-def _frames_of(lang: EpisodeLanguage, frames: list[int] | None, every: int | None) -> list[int]:
-    if frames is not None:
-        return [f for f in frames if f < lang.frames]
-    return list(range(0, lang.frames, every or 1))
-
-
-def iter_samples(
-    meta: DatasetMeta,
-    recipe: AnyRecipe,
-    episodes: list[int],
-    *,
-    frames: list[int] | None = None,
-    every: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Rendered samples (with ``episode`` and ``frame`` added), in episode/frame/camera order.
-
-    A blend picks its component per frame (sample index = global frame index); a component
-    or recipe that depends on the camera renders once per camera of the dataset.
-    """
-    all_cameras: list[str | None] = [c.key for c in meta.cameras] or [None]
-    for episode in episodes:
-        lang = read_episode_language(meta, episode)
-        task = meta.tasks.get(lang.task_index, "")
-        first_global = meta.episode(episode).from_index
-        for frame in _frames_of(lang, frames, every):
-            index = first_global + frame
-            chosen = blend_choice(recipe, index) if isinstance(recipe, Blend) else recipe
-            for camera in all_cameras if chosen.uses_camera else [None]:
-                try:
-                    sample = render_sample(
-                        chosen,
-                        persistent=lang.persistent,
-                        events=lang.events_by_frame.get(frame, []),
-                        t=float(lang.timestamps[frame]),
-                        task=task,
-                        sample_index=index,
-                        camera=camera,
-                    )
-                except AmbiguousBindingError as exc:
-                    raise AmbiguousBindingError(f"episode {episode}, frame {frame}: {exc}") from exc
-                if sample is not None:
-                    yield {"episode": episode, "frame": frame, **sample}
-
-
 def _block_text(block: dict[str, Any]) -> str:
-    if block.get("type") == "image":
-        return f"[image {block.get('camera') or 'all cameras'} @ {block.get('timestamp'):.3f}s]"
-    return str(block.get("text", ""))
+    if block.get("type") == "text":
+        return str(block.get("text", ""))
+    extra = " ".join(f"{k}={v}" for k, v in block.items() if k != "type")
+    return f"[{block.get('type')}{' ' + extra if extra else ''}]"
 
 
-def format_pretty(sample: dict[str, Any]) -> str:
-    head = f"== episode {sample['episode']} frame {sample['frame']} t={sample['t']:.3f}s"
-    head += f" recipe={sample['recipe']}"
-    if sample.get("camera"):
-        head += f" camera={sample['camera']}"
+def format_pretty(record: dict[str, Any]) -> str:
+    import orjson
+
+    head = (
+        f"== episode {record['episode']} frame {record['frame']} index {record['index']} "
+        f"t={record['timestamp']:.3f}s"
+    )
+    if record.get("component"):
+        head += f" component={record['component']}"
+    if record.get("source"):
+        head += f" source={record['source']}"
     lines = [head]
-    for message, stream, target in zip(
-        sample["messages"], sample["streams"], sample["targets"], strict=True
-    ):
+    if "messages" not in record:
+        lines.append("  (no messages: LeRobot passes the frame through unchanged)")
+    targets = set(record.get("target_message_indices", []))
+    for i, message in enumerate(record.get("messages", [])):
         content = message.get("content")
-        parts = [_block_text(b) for b in content] if isinstance(content, list) else [content or ""]
+        if isinstance(content, list):
+            parts = [_block_text(b) for b in content]
+        else:
+            parts = [] if content is None else [str(content)]
         for call in message.get("tool_calls", []):
-            fn = call["function"]
-            parts.append(f"<tool {fn['name']}({orjson.dumps(fn['arguments']).decode()})>")
-        text = " ".join(p for p in parts if p)
-        mark = "*" if target else " "
-        body = text.replace("\n", "\n      ")
+            function = call.get("function", {}) if isinstance(call, dict) else {}
+            args = orjson.dumps(function.get("arguments")).decode()
+            parts.append(f"<tool_call {function.get('name')}({args})>")
+        mark = "*" if i in targets else " "
+        stream = record["message_streams"][i]
+        body = " ".join(parts).replace("\n", "\n      ")
         lines.append(f"{mark} {message['role']} [{stream}]: {body}")
     return "\n".join(lines) + "\n\n"
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.every is not None and args.every < 1:
-        raise ConfigError("--every must be at least 1")
+    import orjson
+
+    from narrator.common.dataset.reader import load_dataset_meta
+    from narrator.consumer.dataset_render import (
+        RenderRun,
+        camera_notes,
+        iter_samples,
+        parse_frames,
+        select_frames,
+    )
+    from narrator.consumer.explain import explain_nothing
+    from narrator.consumer.recipes import check_renderable, load_recipe
+
     recipe = load_recipe(args.recipe)
+    check_renderable(recipe)
     meta = load_dataset_meta(args.root)
     episodes = args.episode if args.episode else sorted(meta.episodes)
-    for episode in episodes:
-        meta.episode(episode)  # a clear error for an unknown episode, before any output
-    count = 0
-    for sample in iter_samples(
-        meta, recipe, episodes, frames=parse_frames(args.frames), every=args.every
-    ):
+    plan = select_frames(meta, episodes, parse_frames(args.frames), args.every)
+    for note in camera_notes(meta, recipe):
+        sys.stderr.write(f"note: {note}\n")
+    state = RenderRun()
+    for record in iter_samples(meta, recipe, plan, fallback=args.fallback, run=state):
         if args.format == "jsonl":
-            sys.stdout.write(orjson.dumps(sample).decode() + "\n")
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
         else:
-            sys.stdout.write(format_pretty(sample))
-        count += 1
-    sys.stderr.write(f"{count} sample(s) rendered with recipe {args.recipe}\n")
+            sys.stdout.write(format_pretty(record))
+    visited = sum(state.frames.values())
+    if args.fallback:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(state.sources.items()))
+        sys.stderr.write(f"{visited} frame(s) through RenderMessagesStep: {counts}\n")
+    else:
+        sys.stderr.write(
+            f"{state.rendered} sample(s) rendered from {visited} frame(s) with {args.recipe}\n"
+        )
+    if state.rendered == 0 and visited:
+        for line in explain_nothing(
+            meta, recipe, state.misses, state.inputs, state.frames, fallback=args.fallback
+        ):
+            sys.stderr.write(line + "\n")
     return 0

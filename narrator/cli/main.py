@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 
 from narrator.cli import cmd_demo, cmd_render, cmd_report, cmd_validate
-from narrator.cli.options import add_annotation_flags, add_connection_flags, config_from_args
+from narrator.cli.options import add_config_flags, config_from_args
 from narrator.common.errors import ConfigError, NarratorError
 from narrator.common.logging import configure_logging, redact_text
 
@@ -121,47 +121,60 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("annotate", help="annotate a dataset on this machine, end to end")
-    p.add_argument("root", type=Path)
-    add_connection_flags(p)
-    add_annotation_flags(p)
-    p.add_argument("--workers", type=int, help="worker processes (default 2)")
-    p.add_argument("--jobs-per-worker", type=int, help="concurrent jobs per process (4)")
-    p.add_argument("--serve", help="start vLLM replicas: 'vllm serve MODEL [ARGS]'")
-    p.add_argument(
-        "--replicas", type=int, help="replicas for --serve (default: one per visible GPU)"
+    p.add_argument("root", type=Path, help="LeRobot v3 dataset root (holding meta/ and data/)")
+    add_config_flags(p, "annotate")
+    g = p.add_argument_group("one machine")
+    g.add_argument(
+        "--serve",
+        metavar="COMMAND",
+        help="start vLLM replicas with this command, e.g. 'vllm serve MODEL [ARGS]' "
+        "(default: use --vlm-url servers)",
     )
-    p.add_argument("--serve-port", type=int, default=8000, help="first port for --serve")
-    p.add_argument("--no-progress", action="store_true")
+    g.add_argument(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="replicas for --serve (default: one per visible GPU)",
+    )
+    g.add_argument(
+        "--serve-port",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="TCP port of the first --serve replica; replica i gets PORT+i (default: 8000)",
+    )
+    g.add_argument(
+        "--no-progress", action="store_true", help="no progress display (default: shown)"
+    )
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("enqueue", help="register a run and enqueue its jobs (the producer)")
-    p.add_argument("root", type=Path)
-    add_connection_flags(p)
-    add_annotation_flags(p)
+    p.add_argument("root", type=Path, help="LeRobot v3 dataset root (holding meta/ and data/)")
+    add_config_flags(p, "enqueue")
     p.set_defaults(func=_cmd_enqueue)
 
     p = sub.add_parser("worker", help="run rq worker processes for the module queue")
-    add_connection_flags(p)
-    p.add_argument("--workers", type=int, help="worker processes in this pool")
-    p.add_argument("--jobs-per-worker", type=int, help="concurrent jobs per process")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    add_config_flags(p, "worker")
+    p.add_argument(
+        "--burst", action="store_true", help="exit when the queue is empty (default: wait)"
+    )
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("writer", help="run the writer (finalizes shards, commits runs)")
-    add_connection_flags(p, vlm=False)
-    p.add_argument("--metrics-port", type=int)
-    p.add_argument("--burst", action="store_true")
+    add_config_flags(p, "writer")
+    p.add_argument(
+        "--burst", action="store_true", help="exit when the queue is empty (default: wait)"
+    )
     p.set_defaults(func=_cmd_writer)
 
     p = sub.add_parser("status", help="progress, failures, throughput and ETA of runs")
-    p.add_argument("run", nargs="?")
-    add_connection_flags(p, vlm=False)
+    p.add_argument("run", nargs="?", help="run id (default: every run)")
+    add_config_flags(p, "status")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("retry-failed", help="re-enqueue the failed jobs of a run")
-    p.add_argument("run")
-    add_connection_flags(p, vlm=False)
+    p.add_argument("run", help="run id, as printed by annotate or status")
+    add_config_flags(p, "retry-failed")
     p.set_defaults(func=_cmd_retry_failed)
 
     for module in (cmd_demo, cmd_validate, cmd_render, cmd_report):

@@ -1,398 +1,335 @@
-"""Recipe model and loading (SPEC section 5): YAML that says how the language rows active at a
-frame time become one chat sample for training.
+"""Recipe model and loading: LeRobot's recipe format (upstream ``lerobot/configs/recipe.py``),
+with the same keys, the same optionality and the same load-time rules, so a recipe file works
+in both LeRobot and narrator.
 
-A recipe file holds either a *message recipe* (``messages`` plus optional ``bindings``) or a
-*blend* of named, weighted message recipes. Bindings are resolver expressions:
-
-* ``active_at(t, style=S)`` - the latest persistent row of style S with timestamp <= t;
-* ``emitted_at(t[, style=S][, role=R][, tool_name=N][, camera=C])`` - an event on the frame,
-  or a persistent row stamped exactly at t (``style=null`` selects speech atoms,
-  ``camera=$camera`` the sample's camera);
-* ``nth_prev(style=S, offset=k)`` / ``nth_next(style=S, offset=k)`` - the persistent row of
-  style S k places before/after the one active at t.
+A recipe is either a *message recipe* (``messages`` plus optional ``bindings``) or a *blend*
+(``blend``: named message recipes, each with a positive ``weight`` and optionally
+``route: vqa``). A turn (:class:`MessageTurn`) has ``role``, ``content`` (a string, a list of
+blocks that are mappings with a ``type`` key, or null when ``tool_calls_from`` is set),
+``stream`` (required: high_level or low_level), ``target``, ``if_present`` and
+``tool_calls_from``. Bindings are resolver expressions (``narrator.consumer.resolvers``);
+``DEFAULT_BINDINGS`` are always known, and ``task`` is built in.
 
 Invariants:
-* Loading validates everything that can be checked without data: unknown keys, unknown
-  roles/styles/streams, unknown binding names used by ``${name}``, ``if_present`` or
-  ``tool_calls_from``, message recipes without a target turn, blends without weight.
-  A loaded :class:`Recipe` never fails later for a reason visible in its file.
-* Expressions are parsed by a small grammar, never evaluated as code.
-* Blend components keep the order of the file (their weights are cumulated in that order).
+* :meth:`TrainingRecipe.from_dict` accepts exactly the mappings LeRobot's ``from_dict``
+  accepts and rejects the others for the same reason (unknown keys included: LeRobot builds
+  its dataclasses with ``cls(**data)``, so a key such as ``name`` fails there too). Messages
+  are LeRobot's, reworded to name the place in the file.
+* A narrator-only check, :func:`check_renderable`, rejects before rendering what LeRobot
+  accepts at load time but raises on at render time for every sample that uses the recipe
+  (a binding expression that does not parse, an unknown resolver or argument, a style the
+  resolver refuses, ``offset=0``, bindings that are not a mapping of strings).
+* A loaded recipe is plain data (dataclasses); ``dataclasses.asdict`` of it goes back through
+  ``from_dict`` to an equal recipe, as LeRobot's ``RenderMessagesStep.get_config`` relies on.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from narrator.common.contract import EVENT_STYLES, PERSISTENT_STYLES, ROLES
 from narrator.common.errors import ConfigError
 
 SHIPPED_RECIPES_DIR = Path(__file__).with_name("recipes")
-STREAMS: frozenset[str] = frozenset({"high_level", "low_level"})
-RESOLVERS: frozenset[str] = frozenset({"active_at", "emitted_at", "nth_prev", "nth_next"})
-SAMPLE_CAMERA = "$camera"  # expression value meaning "the camera of the sample"
-BUILTIN_NAMES: frozenset[str] = frozenset({"task", "camera"})  # substitutable, not bindings
-PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CALL = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$", re.S)
 
+ROLES: tuple[str, ...] = ("user", "assistant", "system", "tool")
+STREAMS: tuple[str, ...] = ("high_level", "low_level")
+ROUTES: tuple[str, ...] = ("vqa",)
 
-# --- bindings ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Resolver:
-    """A parsed binding expression. ``style`` None with ``style_given`` selects style null."""
-
-    kind: str  # one of RESOLVERS
-    style: str | None = None
-    style_given: bool = False
-    role: str | None = None
-    tool_name: str | None = None
-    camera: str | None = None  # a camera key, SAMPLE_CAMERA, or None for any
-    offset: int = 1
-
-    def expression(self) -> str:
-        args = ["t"] if self.kind in {"active_at", "emitted_at"} else []
-        if self.style_given:
-            args.append(f"style={self.style if self.style is not None else 'null'}")
-        for key in ("role", "tool_name", "camera"):
-            value = getattr(self, key)
-            if value is not None:
-                args.append(f"{key}={value}")
-        if self.kind in {"nth_prev", "nth_next"}:
-            args.append(f"offset={self.offset}")
-        return f"{self.kind}({', '.join(args)})"
-
-
-DEFAULT_BINDINGS: dict[str, Resolver] = {
-    "subtask": Resolver("active_at", style="subtask", style_given=True),
-    "memory": Resolver("active_at", style="memory", style_given=True),
-    "plan": Resolver("active_at", style="plan", style_given=True),
-    "speech": Resolver("emitted_at", role="assistant", tool_name="say"),
-    "interjection": Resolver("emitted_at", style="interjection", style_given=True),
-    "vqa": Resolver(
-        "emitted_at", style="vqa", style_given=True, role="assistant", camera=SAMPLE_CAMERA
-    ),
-    "vqa_query": Resolver(
-        "emitted_at", style="vqa", style_given=True, role="user", camera=SAMPLE_CAMERA
-    ),
+DEFAULT_BINDINGS: dict[str, str] = {
+    "subtask": "active_at(t, style=subtask)",
+    "memory": "active_at(t, style=memory)",
+    "plan": "active_at(t, style=plan)",
+    "speech": "emitted_at(t, role=assistant, tool_name=say)",
+    "interjection": "emitted_at(t, style=interjection)",
+    "vqa": "emitted_at(t, style=vqa, role=assistant)",
+    "vqa_query": "emitted_at(t, style=vqa, role=user)",
 }
+TASK_BINDING = "task"  # built in: the frame's task (see render.resolve_task)
+
+PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _unquote(raw: str) -> str:
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        return raw[1:-1]
-    return raw
+class RecipeError(ConfigError):
+    """A recipe file or recipe mapping that LeRobot would refuse (or fail to render)."""
 
 
-def parse_binding(expr: str) -> Resolver:
-    """Parse one resolver expression; raises ``ValueError`` saying what is wrong."""
-    match = _CALL.match(expr)
-    if match is None:
-        raise ValueError(f"{expr!r} is not a resolver call like active_at(t, style=subtask)")
-    kind, arg_text = match.group(1), match.group(2)
-    if kind not in RESOLVERS:
-        raise ValueError(f"unknown resolver {kind!r}; known: {sorted(RESOLVERS)}")
-    kwargs: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in arg_text.split(",") if p.strip()):
-        if "=" not in part:
-            if i == 0 and part == "t":
-                continue
-            raise ValueError(f"{expr!r}: positional argument {part!r} (only a leading t is)")
-        key, _, value = part.partition("=")
-        key = key.strip()
-        if key in kwargs:
-            raise ValueError(f"{expr!r}: argument {key!r} given twice")
-        kwargs[key] = _unquote(value.strip())
-    allowed = {"style", "role", "tool_name", "camera"} if kind == "emitted_at" else {"style"}
-    if kind in {"nth_prev", "nth_next"}:
-        allowed = {"style", "offset"}
-    unknown = set(kwargs) - allowed
-    if unknown:
-        raise ValueError(f"{expr!r}: {kind} takes {sorted(allowed)}, not {sorted(unknown)}")
-    style_raw = kwargs.get("style")
-    style = None if style_raw in (None, "null") else style_raw
-    if kind != "emitted_at":
-        if style is None or style not in PERSISTENT_STYLES:
-            raise ValueError(
-                f"{expr!r}: {kind} needs style= one of the persistent styles "
-                f"{sorted(PERSISTENT_STYLES)}"
-            )
-    elif style is not None and style not in PERSISTENT_STYLES | EVENT_STYLES:
-        raise ValueError(f"{expr!r}: unknown style {style!r}")
-    role = kwargs.get("role")
-    if role is not None and role not in ROLES:
-        raise ValueError(f"{expr!r}: role must be one of {sorted(ROLES)}")
-    offset = 1
-    if "offset" in kwargs:
-        if not kwargs["offset"].isdigit() or int(kwargs["offset"]) < 1:
-            raise ValueError(f"{expr!r}: offset must be an integer >= 1")
-        offset = int(kwargs["offset"])
-    return Resolver(
-        kind=kind,
-        style=style,
-        style_given=style_raw is not None,
-        role=role,
-        tool_name=kwargs.get("tool_name"),
-        camera=kwargs.get("camera"),
-        offset=offset,
-    )
+Content = str | list[dict[str, Any]] | None
 
 
-# --- the YAML shape (validated by pydantic) ------------------------------------------------
+@dataclass
+class MessageTurn:
+    """One chat turn of a recipe template (LeRobot's ``MessageTurn``)."""
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TextBlock(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ImageBlock(_Strict):
-    """An image of the frame at t. ``camera`` is a key, ``${camera}`` or omitted (= the
-    sample's camera; None means every camera the trainer feeds)."""
-
-    type: Literal["image"]
-    camera: str | None = None
-
-
-class Turn(_Strict):
-    role: Literal["user", "assistant", "system", "tool"]
-    content: str | list[TextBlock | ImageBlock] | None = None
-    stream: Literal["high_level", "low_level"] | None = None
+    role: str
+    content: Content = None
+    stream: str | None = None
     target: bool = False
     if_present: str | None = None
     tool_calls_from: str | None = None
 
-    @model_validator(mode="after")
-    def _content_or_tool_calls(self) -> Turn:
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise RecipeError(f"unsupported message role {self.role!r}; use one of {list(ROLES)}")
+        if self.stream is None:
+            raise RecipeError(
+                f"turn with role {self.role!r} is missing a stream; every turn must declare "
+                f"one of {list(STREAMS)}"
+            )
+        if self.stream not in STREAMS:
+            raise RecipeError(
+                f"unsupported message stream {self.stream!r}; use one of {list(STREAMS)}"
+            )
         if self.content is None and self.tool_calls_from is None:
-            raise ValueError("a turn with content null needs tool_calls_from")
-        return self
-
-    def placeholders(self) -> set[str]:
-        found: set[str] = set()
-        texts: list[str] = []
-        if isinstance(self.content, str):
-            texts.append(self.content)
-        elif isinstance(self.content, list):
+            raise RecipeError("a turn needs content unless tool_calls_from is set")
+        if self.content is not None and not isinstance(self.content, str | list):
+            raise RecipeError(
+                "content must be a string, a list of blocks (mappings with a `type` key), "
+                "or null with tool_calls_from"
+            )
+        if isinstance(self.content, list):
             for block in self.content:
-                texts.append(block.text if isinstance(block, TextBlock) else block.camera or "")
-        for text in texts:
-            found.update(PLACEHOLDER.findall(text))
-        return found
+                if not isinstance(block, dict) or "type" not in block:
+                    raise RecipeError(
+                        "multimodal content blocks must be mappings with a `type` key, "
+                        f"e.g. {{type: text, text: ...}}; got {block!r}"
+                    )
 
+    @classmethod
+    def from_dict(cls, data: Any) -> MessageTurn:
+        mapping = _as_mapping(data, "a turn")
+        _check_keys(mapping, cls, "a turn")
+        if "role" not in mapping:
+            raise RecipeError("a turn needs `role`")
+        return cls(**mapping)
 
-class MessageRecipe(_Strict):
-    name: str
-    description: str = ""
-    stream: Literal["high_level", "low_level"] | None = None  # default of its turns
-    bindings: dict[str, str] = Field(default_factory=dict)
-    messages: list[Turn]
-
-
-class BlendItem(_Strict):
-    weight: float = Field(gt=0)
-    recipe: str | None = None  # shipped name or path relative to the blend file
-    description: str = ""
-    stream: Literal["high_level", "low_level"] | None = None
-    bindings: dict[str, str] | None = None
-    messages: list[Turn] | None = None
-
-
-class BlendRecipe(_Strict):
-    name: str
-    description: str = ""
-    blend: dict[str, BlendItem]
-
-
-# --- compiled recipes ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A loaded, validated message recipe."""
-
-    name: str
-    description: str
-    turns: tuple[Turn, ...]
-    streams: tuple[str, ...]  # resolved stream per turn
-    bindings: Mapping[str, Resolver]  # defaults merged with the file's
-
-    @property
-    def uses_camera(self) -> bool:
-        """True when rendering depends on the sample's camera (render once per camera)."""
-        names = self.referenced_names()
-        by_sample_camera = {n for n, r in self.bindings.items() if r.camera == SAMPLE_CAMERA}
-        return "camera" in names or bool(names & by_sample_camera)
-
-    def referenced_names(self) -> set[str]:
+    def referenced_bindings(self) -> set[str]:
+        """Binding names this turn uses: ``if_present``, ``tool_calls_from`` and ``${...}``
+        in a string content or in the string values of its blocks."""
         names: set[str] = set()
-        for turn in self.turns:
-            names |= turn.placeholders()
-            names |= {n for n in (turn.if_present, turn.tool_calls_from) if n is not None}
+        for ref in (self.if_present, self.tool_calls_from):
+            if ref is not None:
+                names.add(ref)
+        names |= placeholders_in_content(self.content)
         return names
 
 
-@dataclass(frozen=True)
-class Blend:
-    """A loaded blend: components in file order with their weights."""
+@dataclass
+class TrainingRecipe:
+    """A message recipe or a blend of message recipes (LeRobot's ``TrainingRecipe``)."""
 
-    name: str
-    description: str
-    components: tuple[tuple[Recipe, float], ...]
+    messages: list[MessageTurn] | None = None
+    bindings: dict[str, str] | None = None
+    blend: dict[str, TrainingRecipe] | None = None
+    weight: float | None = None
+    route: str | None = None
 
-    @property
-    def uses_camera(self) -> bool:
-        return any(recipe.uses_camera for recipe, _ in self.components)
+    def __post_init__(self) -> None:
+        if self.messages is not None and self.blend is not None:
+            raise RecipeError("a recipe sets only one of `messages` or `blend`, not both")
+        if self.messages is None and self.blend is None:
+            raise RecipeError("a recipe must set one of `messages` or `blend`")
+        if self.route is not None and self.route not in ROUTES:
+            raise RecipeError(f"unsupported recipe route {self.route!r}; the only route is vqa")
+        if self.blend is not None and self.route is not None:
+            raise RecipeError("`route` may only be set on a message recipe inside a blend")
+        if self.messages is not None:
+            self._validate_message_recipe()
+        if self.blend is not None:
+            self._validate_blend()
 
+    def _validate_message_recipe(self) -> None:
+        assert self.messages is not None
+        known = set(DEFAULT_BINDINGS) | set(self.bindings or {}) | {TASK_BINDING}
+        for i, turn in enumerate(self.messages):
+            missing = turn.referenced_bindings() - known
+            if missing:
+                raise RecipeError(
+                    f"messages[{i}] references unknown binding(s) {sorted(missing)}; "
+                    f"declare them under `bindings` (known: {sorted(known)})"
+                )
+        has_target = any(turn.target for turn in self.messages)
+        has_low_level = any(turn.stream == "low_level" for turn in self.messages)
+        if not (has_target or has_low_level):
+            raise RecipeError(
+                "a message recipe must contain at least one supervised turn: either "
+                "`target: true` (text loss) or `stream: low_level` (action loss)"
+            )
 
-AnyRecipe = Recipe | Blend
+    def _validate_blend(self) -> None:
+        assert self.blend is not None
+        if not self.blend:
+            raise RecipeError("a blend must contain at least one component")
+        for name, component in self.blend.items():
+            if component.blend is not None:
+                raise RecipeError(f"blend component {name!r} cannot itself define a blend")
+            if component.messages is None:
+                raise RecipeError(f"blend component {name!r} must define messages")
+            if component.weight is None:
+                raise RecipeError(f"blend component {name!r} must define weight")
+            if not isinstance(component.weight, int | float):
+                raise RecipeError(
+                    f"blend component {name!r} must have a numeric weight, not {component.weight!r}"
+                )
+            if component.weight <= 0:
+                raise RecipeError(f"blend component {name!r} must have a positive weight")
 
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainingRecipe:
+        mapping = dict(_as_mapping(data, "a recipe"))
+        _check_keys(mapping, cls, "a recipe")
+        messages = mapping.get("messages")
+        if messages is not None:
+            if not isinstance(messages, list):
+                raise RecipeError("`messages` must be a list of turns")
+            turns: list[MessageTurn] = []
+            for i, turn in enumerate(messages):
+                try:
+                    turns.append(
+                        turn if isinstance(turn, MessageTurn) else MessageTurn.from_dict(turn)
+                    )
+                except RecipeError as exc:
+                    raise RecipeError(f"messages[{i}]: {exc}") from None
+            mapping["messages"] = turns
+        blend = mapping.get("blend")
+        if blend is not None:
+            if not isinstance(blend, dict):
+                raise RecipeError("`blend` must map component names to message recipes")
+            components: dict[str, TrainingRecipe] = {}
+            for name, component in blend.items():
+                try:
+                    components[name] = (
+                        component
+                        if isinstance(component, TrainingRecipe)
+                        else cls.from_dict(component)
+                    )
+                except RecipeError as exc:
+                    raise RecipeError(f"blend component {name!r}: {exc}") from None
+            mapping["blend"] = components
+        return cls(**mapping)
 
-def compile_message_recipe(
-    name: str,
-    turns: list[Turn],
-    raw_bindings: Mapping[str, str],
-    *,
-    description: str = "",
-    stream: str | None = None,
-) -> Recipe:
-    """Check a message recipe and resolve its bindings; raises ``ValueError``."""
-    bindings = dict(DEFAULT_BINDINGS)
-    for bname, expr in raw_bindings.items():
-        if not _NAME.match(bname) or bname in BUILTIN_NAMES:
-            raise ValueError(f"binding name {bname!r} is not allowed (reserved or not a name)")
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainingRecipe:
+        path = Path(path)
         try:
-            bindings[bname] = parse_binding(expr)
-        except ValueError as exc:
-            raise ValueError(f"binding {bname!r}: {exc}") from None
-    if not turns:
-        raise ValueError("a message recipe needs at least one turn under `messages`")
-    streams: list[str] = []
-    for i, turn in enumerate(turns):
-        where = f"messages[{i}]"
-        unknown = turn.placeholders() - set(bindings) - BUILTIN_NAMES
-        if unknown:
-            raise ValueError(f"{where} uses unknown binding(s) {sorted(unknown)}")
-        for field_name in ("if_present", "tool_calls_from"):
-            ref = getattr(turn, field_name)
-            if ref is not None and ref not in bindings:
-                raise ValueError(f"{where}.{field_name} names unknown binding {ref!r}")
-        turn_stream = turn.stream or stream
-        if turn_stream is None:
-            raise ValueError(f"{where} has no stream (set it on the turn or the recipe)")
-        streams.append(turn_stream)
-    if not any(t.target for t in turns):
-        raise ValueError("a message recipe needs at least one turn with target: true")
-    return Recipe(name, description, tuple(turns), tuple(streams), bindings)
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise RecipeError(
+                f"recipe {path}: the YAML must hold a mapping at the top level "
+                "(`messages:` or `blend:`)"
+            )
+        try:
+            return cls.from_dict(data)
+        except RecipeError as exc:
+            raise RecipeError(f"recipe {path}: {exc}") from None
+
+    def components(self) -> list[tuple[str | None, TrainingRecipe]]:
+        """``[(name, message recipe)]`` in file order; ``[(None, self)]`` for a message recipe."""
+        if self.blend is None:
+            return [(None, self)]
+        return [(name, component) for name, component in self.blend.items()]
+
+    def referenced_binding_names(self) -> set[str]:
+        names: set[str] = set()
+        for turn in self.messages or []:
+            names |= turn.referenced_bindings()
+        return names
+
+    def binding_specs(self) -> dict[str, str]:
+        """Default bindings overridden and extended by the recipe's own, in LeRobot's order."""
+        return {**DEFAULT_BINDINGS, **(self.bindings or {})}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc}") from exc
+def placeholders_in_content(content: Content) -> set[str]:
+    if content is None:
+        return set()
+    if isinstance(content, str):
+        return set(PLACEHOLDER_RE.findall(content))
+    names: set[str] = set()
+    for block in content:
+        for value in block.values():
+            if isinstance(value, str):
+                names.update(PLACEHOLDER_RE.findall(value))
+    return names
+
+
+def _as_mapping(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must hold a mapping with `messages` or `blend`")
+        raise RecipeError(f"{what} must be a mapping, not {type(data).__name__} {data!r}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise RecipeError(f"{what} has non-text key(s) {bad!r}")
     return data
 
 
-def _recipe_path(name_or_path: str | Path, base: Path | None = None) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
-        if not candidate.is_absolute() and base is not None and (base / candidate).exists():
-            return base / candidate
-        return candidate
-    if not _NAME.match(str(name_or_path)):
-        raise ConfigError(f"recipe {name_or_path!r} is neither a file nor a shipped recipe name")
-    return SHIPPED_RECIPES_DIR / f"{name_or_path}.yaml"
+def _check_keys(data: Mapping[str, Any], cls: type, what: str) -> None:
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise RecipeError(
+            f"{what} has unknown key(s) {unknown}; LeRobot's recipe format allows only "
+            f"{allowed} (put notes in YAML comments)"
+        )
+
+
+def check_renderable(recipe: TrainingRecipe) -> None:
+    """Narrator's early check: raise :class:`RecipeError` for what LeRobot loads but cannot
+    render (every binding a component declares is resolved whenever it renders)."""
+    from narrator.consumer.resolvers import check_spec
+
+    for name, component in recipe.components():
+        where = f"blend component {name!r}: " if name is not None else ""
+        bindings = component.bindings
+        if bindings is None:
+            continue
+        if not isinstance(bindings, dict):
+            raise RecipeError(f"{where}`bindings` must map names to resolver expressions")
+        for bname, spec in bindings.items():
+            if not isinstance(bname, str) or not _NAME.match(bname):
+                raise RecipeError(f"{where}binding name {bname!r} is not a name like prior_memory")
+            if not isinstance(spec, str):
+                raise RecipeError(
+                    f"{where}binding {bname!r} must be a resolver expression such as "
+                    f'"active_at(t, style=subtask)", not {spec!r}'
+                )
+            try:
+                check_spec(spec)
+            except RecipeError as exc:
+                raise RecipeError(
+                    f"{where}binding {bname!r}: {exc} (LeRobot loads this recipe but raises "
+                    "on every sample that renders it)"
+                ) from None
 
 
 def shipped_recipe_names() -> list[str]:
     return sorted(p.stem for p in SHIPPED_RECIPES_DIR.glob("*.yaml"))
 
 
-def _pydantic_problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-    )
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A YAML path as given, or the path of a shipped recipe named ``name_or_path``."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists() or "/" in str(name_or_path):
+        return candidate
+    if not _NAME.match(str(name_or_path)):
+        raise RecipeError(f"recipe {name_or_path!r} is neither a file nor a shipped recipe name")
+    return SHIPPED_RECIPES_DIR / f"{name_or_path}.yaml"
 
 
-def _load_message_recipe(path: Path, data: dict[str, Any]) -> Recipe:
-    try:
-        model = MessageRecipe.model_validate(data)
-        return compile_message_recipe(
-            model.name,
-            model.messages,
-            model.bindings,
-            description=model.description,
-            stream=model.stream,
-        )
-    except ValidationError as exc:
-        raise ConfigError(f"recipe {path}: {_pydantic_problems(exc)}") from None
-    except ValueError as exc:
-        raise ConfigError(f"recipe {path}: {exc}") from None
-
-
-def _load_blend(path: Path, data: dict[str, Any]) -> Blend:
-    try:
-        model = BlendRecipe.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"recipe {path}: {_pydantic_problems(exc)}") from None
-    if not model.blend:
-        raise ConfigError(f"recipe {path}: `blend` lists no recipes")
-    components: list[tuple[Recipe, float]] = []
-    for cname, item in model.blend.items():
-        if item.messages is not None:
-            if item.recipe is not None:
-                raise ConfigError(
-                    f"recipe {path}: blend item {cname!r} has both recipe and messages"
-                )
-            try:
-                recipe = compile_message_recipe(
-                    cname,
-                    item.messages,
-                    item.bindings or {},
-                    description=item.description,
-                    stream=item.stream,
-                )
-            except ValueError as exc:
-                raise ConfigError(f"recipe {path}: blend item {cname!r}: {exc}") from None
-        else:
-            loaded = load_recipe(item.recipe or cname, _base=path.parent)
-            if isinstance(loaded, Blend):
-                raise ConfigError(f"recipe {path}: blend item {cname!r} is itself a blend")
-            recipe = loaded
-        components.append((recipe, item.weight))
-    return Blend(model.name, model.description, tuple(components))
-
-
-def load_recipe(name_or_path: str | Path, *, _base: Path | None = None) -> AnyRecipe:
-    """Load a shipped recipe by name (``vqa``) or a YAML file by path; raises ConfigError
-    naming the file and every problem found."""
-    path = _recipe_path(name_or_path, _base)
+def load_recipe(name_or_path: str | Path) -> TrainingRecipe:
+    """Load a shipped recipe by name (``vqa``) or a YAML file by path, with LeRobot's rules;
+    raises :class:`RecipeError` naming the file and the problem."""
+    path = recipe_path(name_or_path)
     if not path.is_file():
-        raise ConfigError(
-            f"no recipe {name_or_path!r} ({path} does not exist); shipped recipes: "
+        raise RecipeError(
+            f"no recipe {str(name_or_path)!r} ({path} is not a file); shipped recipes: "
             f"{', '.join(shipped_recipe_names())}"
         )
-    data = _read_yaml(path)
-    if "blend" in data and "messages" in data:
-        raise ConfigError(f"recipe {path}: use either `messages` or `blend`, not both")
-    if "blend" in data:
-        return _load_blend(path, data)
-    if "messages" in data:
-        return _load_message_recipe(path, data)
-    raise ConfigError(f"recipe {path}: needs `messages` (a message recipe) or `blend`")
+    return TrainingRecipe.from_yaml(path)

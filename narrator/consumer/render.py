@@ -1,245 +1,333 @@
-"""Resolvers and rendering (SPEC section 5): the rows active at frame time ``t`` plus a recipe
-become one chat sample, or nothing.
+"""Rendering one sample, as LeRobot's ``render_sample`` does (upstream
+``lerobot/datasets/language_render.py``): a recipe plus the language rows of one frame become
+``{"messages", "message_streams", "target_message_indices"}``, or None.
 
-Invariants:
-* Pure: no I/O; the same rows, recipe, ``t`` and ``sample_index`` give the same sample.
-* A binding resolves to at most one row; more than one matching row raises
-  :class:`AmbiguousBindingError` (the data, not the recipe, is then at fault).
-* Times are compared as float32, as the shard stores them.
-* ``${name}`` becomes the bound row's content, or a speech atom's utterance, or "" when the
-  binding is missing; ``${task}`` the task; ``${camera}`` the sample's camera (or "").
-* A turn whose ``if_present`` binding is missing is skipped; a turn with content null whose
-  ``tool_calls_from`` binding is missing (or has no tool calls) is skipped too; a sample left
-  without a target turn renders to None.
-* Blend choice: ``sha256(f"{blend.name}:{sample_index}")`` read as a fraction in [0, 1),
-  mapped onto the components' cumulative weights in file order. A chosen component that
-  renders to None makes the sample None (no fall-through, so the mixture stays as weighted).
+Steps, each LeRobot's:
+1. A blend first tries its ``route: vqa`` components: every one that renders on this frame is
+   a candidate; one candidate wins outright, several are chosen among by weight with
+   ``blake2b(f"vqa:{sample_idx}", digest_size=8)``.
+2. Otherwise one component is chosen by weight (file order, cumulative) with
+   ``blake2b(str(sample_idx), digest_size=8)`` read big-endian as a fraction of 2**64.
+3. Bindings: ``task`` (:func:`resolve_task`), then every default or declared binding the
+   component references or declares, resolved at ``t``.
+4. Turns: a turn whose ``if_present`` binding is None is skipped; ``${name}`` becomes the
+   bound row's content ("" for none or a null content, the text itself for ``task``); string
+   values of content blocks are substituted and every other key (``feature`` of an image
+   block) passes through; ``tool_calls_from`` copies the bound row's ``tool_calls`` unchanged
+   (no ids are added) when it has any.
+5. A sample with no target turn and no low_level turn left renders to None.
+
+Invariants: pure (no I/O); the same inputs give the same sample; :func:`render_traced`
+additionally says which component was used and, for None, which ``if_present`` bindings
+removed the supervised turns.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from narrator.consumer.recipes import PLACEHOLDER_RE, TASK_BINDING, RecipeError, TrainingRecipe
+from narrator.consumer.resolvers import Row, resolve_spec
 
-from narrator.common.contract import SAY_TOOL, LanguageRow
-from narrator.common.errors import ContractError
-from narrator.common.validation import speech_text_or_none
-from narrator.consumer.recipes import (
-    PLACEHOLDER,
-    SAMPLE_CAMERA,
-    AnyRecipe,
-    Blend,
-    ImageBlock,
-    Recipe,
-    Resolver,
-    TextBlock,
-    Turn,
-)
+Rendered = dict[str, list[Any]]
+Bound = dict[str, Row | str | None]
 
 
-class AmbiguousBindingError(ContractError):
-    """More than one row matches a binding at one frame time."""
+@dataclass(frozen=True)
+class Rendering:
+    """What :func:`render_traced` found for one frame."""
+
+    rendered: Rendered | None
+    component: str | None  # the blend component used; None for a message recipe
+    missing: tuple[str, ...] = ()  # if_present bindings whose absence left nothing to train
 
 
-def _f32(value: float) -> float:
-    return float(np.float32(value))
+def _fraction(key: str) -> float:
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
-def _tool_names(row: LanguageRow) -> set[str]:
-    names: set[str] = set()
-    for call in row.tool_call_objects():
-        fn = call.get("function") if isinstance(call, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            names.add(fn["name"])
-    return names
+def choose_component(recipe: TrainingRecipe, sample_idx: int) -> tuple[str | None, TrainingRecipe]:
+    """The weighted choice for ``sample_idx`` (the recipe itself when it is no blend)."""
+    if recipe.blend is None:
+        return None, recipe
+    items = list(recipe.blend.items())
+    total = sum(component.weight or 0.0 for _, component in items)
+    draw = _fraction(str(sample_idx)) * total
+    cumulative = 0.0
+    for name, component in items:
+        cumulative += component.weight or 0.0
+        if draw < cumulative:
+            return name, component
+    return items[-1]
 
 
-def _matches(row: LanguageRow, res: Resolver, camera: str | None) -> bool:
-    if res.style_given and row.style != res.style:
-        return False
-    if res.role is not None and row.role != res.role:
-        return False
-    if res.tool_name is not None and res.tool_name not in _tool_names(row):
-        return False
-    want_camera = camera if res.camera == SAMPLE_CAMERA else res.camera
-    return want_camera is None or row.camera == want_camera
-
-
-def _one(name: str, res: Resolver, rows: list[LanguageRow], t: float) -> LanguageRow | None:
-    if len(rows) > 1:
-        raise AmbiguousBindingError(
-            f"binding {name!r} = {res.expression()} matches {len(rows)} rows at t={t}; "
-            "narrow it (role=, camera=, tool_name=) or fix the duplicated rows"
-        )
-    return rows[0] if rows else None
-
-
-def _persistent_groups(persistent: Sequence[LanguageRow], style: str) -> list[list[LanguageRow]]:
-    """Rows of ``style`` grouped by timestamp, in time order."""
-    groups: dict[float, list[LanguageRow]] = {}
-    for row in persistent:
-        if row.style == style and row.timestamp is not None:
-            groups.setdefault(_f32(row.timestamp), []).append(row)
-    return [groups[k] for k in sorted(groups)]
-
-
-def resolve(
-    name: str,
-    res: Resolver,
+def resolve_task(
+    task: str | None,
+    dataset_ctx: Any,
     *,
-    persistent: Sequence[LanguageRow],
-    events: Sequence[LanguageRow],
-    t: float,
-    camera: str | None = None,
-) -> LanguageRow | None:
-    """The one row ``res`` selects at time ``t`` (None when there is none)."""
-    t32 = _f32(t)
-    if res.kind == "emitted_at":
-        stamped = [r for r in persistent if r.timestamp is not None and _f32(r.timestamp) == t32]
-        found = [r for r in [*events, *stamped] if _matches(r, res, camera)]
-        return _one(name, res, found, t)
-    assert res.style is not None  # guaranteed by parse_binding for the persistent resolvers
-    groups = _persistent_groups(persistent, res.style)
-    times = [_f32(g[0].timestamp or 0.0) for g in groups]
-    active = max((i for i, ts in enumerate(times) if ts <= t32), default=-1)
-    if res.kind == "active_at":
-        index = active
-    elif res.kind == "nth_prev":
-        index = active - res.offset if active >= 0 else -1
-    else:  # nth_next
-        index = active + res.offset
-    if not 0 <= index < len(groups):
+    persistent: Sequence[Row],
+    sample_idx: int,
+) -> str | None:
+    """The ``${task}`` text: the given task; else a ``task_aug`` (role user) rephrasing picked
+    by ``blake2b(f"task_aug:{sample_idx}")`` modulo their count; else the context's task."""
+    if task is not None:
+        return task
+    rephrasings = [
+        row for row in persistent if row.get("style") == "task_aug" and row.get("role") == "user"
+    ]
+    if rephrasings:
+        digest = hashlib.blake2b(f"task_aug:{sample_idx}".encode(), digest_size=8).digest()
+        chosen = rephrasings[int.from_bytes(digest, "big") % len(rephrasings)].get("content")
+        if chosen:
+            return str(chosen)
+    if dataset_ctx is None:
         return None
-    return _one(name, res, groups[index], t)
+    if isinstance(dataset_ctx, Mapping):
+        value = dataset_ctx.get("task")
+    else:
+        value = getattr(dataset_ctx, "task", None)
+    return None if value is None else str(value)
 
 
-def _binding_text(row: LanguageRow | None) -> str:
-    if row is None:
-        return ""
-    if row.content is not None:
-        return row.content
-    return speech_text_or_none(row) or ""
+def resolve_bindings(
+    recipe: TrainingRecipe,
+    *,
+    persistent: Sequence[Row],
+    events: Sequence[Row],
+    t: float,
+    sample_idx: int,
+    task: str | None,
+    dataset_ctx: Any = None,
+) -> Bound:
+    bound: Bound = {
+        TASK_BINDING: resolve_task(task, dataset_ctx, persistent=persistent, sample_idx=sample_idx)
+    }
+    declared = recipe.bindings or {}
+    needed = recipe.referenced_binding_names() | set(declared)
+    for name, spec in recipe.binding_specs().items():
+        if name in needed:
+            bound[name] = resolve_spec(spec, persistent=persistent, events=events, t=t)
+    return bound
 
 
-def _substitute(text: str, values: dict[str, str]) -> str:
-    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), text)
+def _substitute(template: str, bound: Bound) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in bound:
+            raise RecipeError(f"unknown template binding {name!r}")
+        value = bound[name]
+        if value is None:
+            return ""
+        if isinstance(value, Mapping):
+            content = value.get("content")
+            return "" if content is None else str(content)
+        return str(value)
+
+    return PLACEHOLDER_RE.sub(replace, template)
 
 
-def openai_tool_calls(row: LanguageRow) -> list[dict[str, Any]]:
-    """A row's tool calls as chat-template ``tool_calls`` (arguments stay a JSON object,
-    as Hugging Face chat templates expect; ids are positional)."""
-    out: list[dict[str, Any]] = []
-    for i, call in enumerate(row.tool_call_objects()):
-        fn = call.get("function", {}) if isinstance(call, dict) else {}
-        out.append(
-            {
-                "id": f"call_{i}",
-                "type": "function",
-                "function": {"name": fn.get("name"), "arguments": fn.get("arguments", {})},
-            }
-        )
-    return out
-
-
-def _render_content(
-    turn: Turn, values: dict[str, str], t: float, camera: str | None
-) -> str | list[dict[str, Any]] | None:
-    if turn.content is None or isinstance(turn.content, str):
-        return None if turn.content is None else _substitute(turn.content, values)
-    blocks: list[dict[str, Any]] = []
-    for block in turn.content:
-        if isinstance(block, TextBlock):
-            blocks.append({"type": "text", "text": _substitute(block.text, values)})
-        elif isinstance(block, ImageBlock):
-            cam = _substitute(block.camera, values) if block.camera is not None else camera
-            blocks.append({"type": "image", "camera": cam or None, "timestamp": t})
+def _render_content(content: str | list[dict[str, Any]], bound: Bound) -> Any:
+    if isinstance(content, str):
+        return _substitute(content, bound)
+    blocks = []
+    for block in content:
+        rendered = copy.deepcopy(block)
+        for key, value in rendered.items():
+            if isinstance(value, str):
+                rendered[key] = _substitute(value, bound)
+        blocks.append(rendered)
     return blocks
 
 
-def _render_message_recipe(
-    recipe: Recipe,
-    *,
-    persistent: Sequence[LanguageRow],
-    events: Sequence[LanguageRow],
-    t: float,
-    task: str,
-    camera: str | None,
-) -> dict[str, Any] | None:
-    bound = {
-        name: resolve(name, res, persistent=persistent, events=events, t=t, camera=camera)
-        for name, res in recipe.bindings.items()
-        if name in recipe.referenced_names()
-    }
-    values = {name: _binding_text(row) for name, row in bound.items()}
-    values["task"] = task
-    values["camera"] = camera or ""
+def render_messages(
+    recipe: TrainingRecipe, bound: Bound
+) -> tuple[Rendered | None, tuple[str, ...]]:
+    """Expand a message recipe's turns with ``bound``; also the missing ``if_present`` names
+    of skipped supervised turns (for explaining a None)."""
+    assert recipe.messages is not None
     messages: list[dict[str, Any]] = []
-    streams: list[str] = []
-    targets: list[bool] = []
-    for turn, stream in zip(recipe.turns, recipe.streams, strict=True):
+    streams: list[str | None] = []
+    targets: list[int] = []
+    missing: list[str] = []
+    for turn in recipe.messages:
         if turn.if_present is not None and bound.get(turn.if_present) is None:
+            if (turn.target or turn.stream == "low_level") and turn.if_present not in missing:
+                missing.append(turn.if_present)
             continue
         message: dict[str, Any] = {"role": turn.role}
-        message["content"] = _render_content(turn, values, t, camera)
+        if turn.content is not None:
+            message["content"] = _render_content(turn.content, bound)
         if turn.tool_calls_from is not None:
-            source = bound.get(turn.tool_calls_from)
-            calls = openai_tool_calls(source) if source is not None else []
-            if not calls and turn.content is None:
-                continue
+            row = bound.get(turn.tool_calls_from)
+            calls = row.get("tool_calls") if isinstance(row, Mapping) else None
             if calls:
-                message["tool_calls"] = calls
+                message["tool_calls"] = copy.deepcopy(calls)
+        if turn.target:
+            targets.append(len(messages))
         messages.append(message)
-        streams.append(stream)
-        targets.append(turn.target)
-    if not any(targets):
-        return None
-    sample: dict[str, Any] = {
-        "recipe": recipe.name,
-        "t": t,
-        "camera": camera,
+        streams.append(turn.stream)
+    if not targets and "low_level" not in streams:
+        return None, tuple(missing)
+    return {
         "messages": messages,
-        "streams": streams,
-        "targets": targets,
-    }
-    if any("tool_calls" in m for m in messages):
-        sample["tools"] = [SAY_TOOL]
-    return sample
+        "message_streams": streams,
+        "target_message_indices": targets,
+    }, ()
 
 
-def blend_choice(blend: Blend, sample_index: int) -> Recipe:
-    """The component that sample ``sample_index`` uses: stable across runs and machines."""
-    digest = hashlib.sha256(f"{blend.name}:{sample_index}".encode()).digest()
-    fraction = int.from_bytes(digest[:8], "big") / 2**64
-    total = sum(weight for _, weight in blend.components)
-    point = fraction * total
+def _render_component(
+    component: TrainingRecipe,
+    *,
+    persistent: Sequence[Row],
+    events: Sequence[Row],
+    t: float,
+    sample_idx: int,
+    task: str | None,
+    dataset_ctx: Any,
+) -> tuple[Rendered | None, tuple[str, ...]]:
+    bound = resolve_bindings(
+        component,
+        persistent=persistent,
+        events=events,
+        t=t,
+        sample_idx=sample_idx,
+        task=task,
+        dataset_ctx=dataset_ctx,
+    )
+    return render_messages(component, bound)
+
+
+def _routed_vqa(
+    recipe: TrainingRecipe, sample_idx: int, **inputs: Any
+) -> tuple[str, Rendered] | None:
+    assert recipe.blend is not None
+    candidates: list[tuple[str, float, Rendered]] = []
+    for name, component in recipe.blend.items():
+        if component.route != "vqa":
+            continue
+        rendered, _ = _render_component(component, sample_idx=sample_idx, **inputs)
+        if rendered is not None:
+            candidates.append((name, float(component.weight or 0.0), rendered))
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0][0], candidates[0][2]
+    draw = _fraction(f"vqa:{sample_idx}") * sum(weight for _, weight, _ in candidates)
     cumulative = 0.0
-    for recipe, weight in blend.components:
+    for name, weight, rendered in candidates:
         cumulative += weight
-        if point < cumulative:
-            return recipe
-    return blend.components[-1][0]
+        if draw < cumulative:
+            return name, rendered
+    return candidates[-1][0], candidates[-1][2]
+
+
+def render_traced(
+    *,
+    recipe: TrainingRecipe,
+    persistent: Sequence[Row] | None,
+    events: Sequence[Row] | None,
+    t: float,
+    sample_idx: int,
+    task: str | None = None,
+    dataset_ctx: Any = None,
+) -> Rendering:
+    """:func:`render_sample` plus the component it used and why it rendered nothing."""
+    inputs: dict[str, Any] = {
+        "persistent": [dict(row) for row in persistent or [] if row is not None],
+        "events": [dict(row) for row in events or [] if row is not None],
+        "t": float(t),
+        "task": task,
+        "dataset_ctx": dataset_ctx,
+    }
+    if recipe.blend is not None:
+        routed = _routed_vqa(recipe, sample_idx, **inputs)
+        if routed is not None:
+            return Rendering(routed[1], routed[0])
+    name, component = choose_component(recipe, sample_idx)
+    rendered, missing = _render_component(component, sample_idx=sample_idx, **inputs)
+    return Rendering(rendered, name, missing)
 
 
 def render_sample(
-    recipe: AnyRecipe,
     *,
-    persistent: Sequence[LanguageRow],
-    events: Sequence[LanguageRow],
+    recipe: TrainingRecipe,
+    persistent: Sequence[Row] | None,
+    events: Sequence[Row] | None,
     t: float,
-    task: str,
-    sample_index: int,
-    camera: str | None = None,
-) -> dict[str, Any] | None:
-    """Render one chat sample at frame time ``t``.
+    sample_idx: int,
+    task: str | None = None,
+    dataset_ctx: Any = None,
+) -> Rendered | None:
+    """The sample LeRobot's ``render_sample`` returns for these inputs (None: nothing)."""
+    return render_traced(
+        recipe=recipe,
+        persistent=persistent,
+        events=events,
+        t=t,
+        sample_idx=sample_idx,
+        task=task,
+        dataset_ctx=dataset_ctx,
+    ).rendered
 
-    ``persistent`` is the episode's persistent list, ``events`` the event rows of this frame.
-    Returns ``{"recipe", "t", "camera", "messages", "streams", "targets"[, "tools"]}`` with
-    one stream and target flag per message, or None when no target turn survives.
-    """
-    chosen = blend_choice(recipe, sample_index) if isinstance(recipe, Blend) else recipe
-    return _render_message_recipe(
-        chosen, persistent=persistent, events=events, t=t, task=task, camera=camera
+
+def fallback_low_level(task: Any) -> Rendered | None:
+    """``RenderMessagesStep``'s fallback: a non-empty task string becomes one low-level user
+    turn with no text target; anything else gives None."""
+    if not isinstance(task, str) or not task:
+        return None
+    return {
+        "messages": [{"role": "user", "content": task}],
+        "message_streams": ["low_level"],
+        "target_message_indices": [],
+    }
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """What LeRobot's ``RenderMessagesStep`` makes of one frame.
+
+    ``source``: ``recipe`` (rendered), ``fallback`` (the task as low-level supervision),
+    ``unchanged`` (no language and no task: the frame trains without messages), or
+    ``dropped`` (language present, nothing rendered, no task: the frame is skipped)."""
+
+    source: str
+    rendered: Rendered | None
+    component: str | None
+    missing: tuple[str, ...] = ()
+
+
+def render_training(
+    *,
+    recipe: TrainingRecipe,
+    persistent: Sequence[Row] | None,
+    events: Sequence[Row] | None,
+    t: float,
+    sample_idx: int,
+    task: str | None,
+    dataset_ctx: Any = None,
+) -> TrainingSample:
+    """One frame through ``RenderMessagesStep``: no language at all goes straight to the
+    fallback (the recipe is not consulted); otherwise the recipe, then the fallback."""
+    if not persistent and not events:
+        rendered = fallback_low_level(task)
+        return TrainingSample("unchanged" if rendered is None else "fallback", rendered, None)
+    traced = render_traced(
+        recipe=recipe,
+        persistent=persistent,
+        events=events,
+        t=t,
+        sample_idx=sample_idx,
+        task=task,
+        dataset_ctx=dataset_ctx,
     )
+    if traced.rendered is not None:
+        return TrainingSample("recipe", traced.rendered, traced.component)
+    rendered = fallback_low_level(task)
+    source = "dropped" if rendered is None else "fallback"
+    return TrainingSample(source, rendered, traced.component, traced.missing)

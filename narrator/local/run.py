@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from pydantic import SecretStr
 from rq.worker import Worker
 from tqdm import tqdm
 
 from narrator.common.config import NarratorConfig
+from narrator.common.config import child_env as config_child_env
 from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
 from narrator.common.errors import ConfigError, VLMUnavailableError
 from narrator.common.logging import get_logger
@@ -88,26 +90,11 @@ def forget_dead_workers(conn: redis.Redis) -> int:
 
 
 def child_env(config: NarratorConfig, redis_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["NARRATOR_REDIS_URL"] = redis_url
-    env["NARRATOR_VLM_URLS"] = ",".join(config.vlm.urls)
-    if config.vlm.api_key is not None:
-        env["NARRATOR_VLM_API_KEY"] = config.vlm.api_key.get_secret_value()
-    if config.vlm.max_in_flight_per_replica:
-        env["NARRATOR_VLM__MAX_IN_FLIGHT_PER_REPLICA"] = str(config.vlm.max_in_flight_per_replica)
-    # Every retry/timeout setting, so the workers ask the VLM as this process was told to.
-    for name in (
-        "timeout_s",
-        "connect_timeout_s",
-        "max_attempts",
-        "backoff_base_s",
-        "backoff_max_s",
-        "health_interval_s",
-    ):
-        env[f"NARRATOR_VLM__{name.upper()}"] = str(getattr(config.vlm, name))
-    env.setdefault("NARRATOR_LOG_FORMAT", "json")
-    env.setdefault("NARRATOR_LOG_LEVEL", "warning")
-    return env
+    """The environment of a worker or writer child: this process's environment with its
+    ``NARRATOR_*`` settings replaced by ``config`` (all of it, whether it came from flags, env
+    or YAML) and the run's Redis URL. Secrets travel here, never in argv."""
+    full = config.model_copy(update={"redis_url": SecretStr(redis_url)})
+    return config_child_env(full, os.environ)
 
 
 def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

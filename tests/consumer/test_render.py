@@ -1,368 +1,372 @@
-"""Tests of common.render (resolvers, substitution, skipping, blends and the shipped recipes
-over one hand-built episode) and of ``narrator render`` over an annotated dataset."""
+"""Tests of narrator.consumer.render against LeRobot's documented rendering semantics
+(upstream ``render_sample`` and ``RenderMessagesStep``): substitution, image blocks, tool
+calls, if_present, low-level-only turns, "renders to nothing", blend choice, VQA routing,
+task resolution and the training fallback. Expected values are written from those rules."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import copy
+import hashlib
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
 import pytest
 
-from narrator.cli.cmd_render import iter_samples
-from narrator.common.contract import (
-    SAY_TOOL,
-    LanguageRow,
-    sort_events,
-    sort_persistent,
-    speech_atom,
+from narrator.consumer.recipes import TrainingRecipe
+from narrator.consumer.render import (
+    choose_component,
+    render_sample,
+    render_traced,
+    render_training,
+    resolve_task,
 )
-from narrator.common.dataset.reader import load_dataset_meta
-from narrator.consumer.recipes import (
-    Blend,
-    Recipe,
-    load_recipe,
-    parse_binding,
-    shipped_recipe_names,
-)
-from narrator.consumer.render import AmbiguousBindingError, blend_choice, render_sample, resolve
-from tests.support.annotated_fixture import make_annotated_dataset
+from narrator.consumer.resolvers import AmbiguousBindingError
+from tests.consumer.test_resolvers import PERSISTENT, TOP, WRIST, ev, p, say
 
-TOP, WRIST = "observation.images.top", "observation.images.wrist"
-TS = [float(v) for v in np.arange(50, dtype=np.float32) / np.float32(10)]
-TASK = "put the cup on the plate"
-BBOX = {"detections": [{"label": "cup", "bbox_format": "xyxy", "bbox": [10, 20, 60, 90]}]}
+EVENTS_VQA = [
+    ev("vqa", "how many cups (top)?", "user", TOP),
+    ev("vqa", '{"label": "cup", "count": 3}', "assistant", TOP),
+    ev("vqa", "how many cups (wrist)?", "user", WRIST),
+    ev("vqa", '{"label": "cup", "count": 1}', "assistant", WRIST),
+]
+EVENTS_INTERJECTION = [ev("interjection", "skip wiping"), say("Skipping wiping.")]
 
 
-def p(style: str, frame: int, content: str, role: str = "assistant") -> LanguageRow:
-    return LanguageRow(role, content, style, TS[frame], None, None)
+def recipe(data: dict[str, Any]) -> TrainingRecipe:
+    return TrainingRecipe.from_dict(data)
 
 
-def ev(style: str, content: str, role: str = "user", camera: str | None = None) -> LanguageRow:
-    return LanguageRow(role, content, style, None, camera, None)
+def turn(role: str, content: Any, stream: str = "high_level", **extra: Any) -> dict[str, Any]:
+    return {"role": role, "content": content, "stream": stream, **extra}
 
 
-PERSISTENT = sort_persistent(
-    [
-        p("subtask", 0, "reach the cup"),
-        p("plan", 0, "1. reach\n2. grasp\n3. place"),
-        p("subtask", 10, "grasp the cup"),
-        p("memory", 10, "reached the cup"),
-        p("subtask", 20, "place the cup on the plate"),
-        p("memory", 20, "cup in hand"),
-        p("plan", 20, "1. place it gently"),
-    ]
-)
-EVENTS = {
-    0: [speech_atom("Okay, I will put the cup on the plate.")],
-    20: sort_events([ev("interjection", "gently please"), speech_atom("Will do.")]),
-    30: sort_events(
-        [
-            ev("vqa", "where is the cup?", "user", TOP),
-            ev("vqa", orjson.dumps(BBOX).decode(), "assistant", TOP),
-            ev("vqa", "how many cups?", "user", WRIST),
-            ev("vqa", '{"label":"cup","count":1}', "assistant", WRIST),
-        ]
-    ),
+def fraction(key: str) -> float:
+    """LeRobot's draw: blake2b (8-byte digest) read big-endian, as a fraction of 2**64."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def expected_component(weights: list[tuple[str, float]], key: str) -> str:
+    draw = fraction(key) * sum(w for _, w in weights)
+    cumulative = 0.0
+    for name, weight in weights:
+        cumulative += weight
+        if draw < cumulative:
+            return name
+    return weights[-1][0]
+
+
+def test_substitution_image_blocks_and_tool_calls() -> None:
+    r = recipe(
+        {
+            "messages": [
+                turn(
+                    "user",
+                    [
+                        {"type": "image", "feature": TOP, "extra": {"k": "${task}"}},
+                        {"type": "text", "text": "${task}: ${interjection}"},
+                    ],
+                    if_present="interjection",
+                ),
+                turn("assistant", "${plan}", target=True, tool_calls_from="speech"),
+                turn("assistant", "[${speech}]", "low_level"),
+            ]
+        }
+    )
+    events = copy.deepcopy(EVENTS_INTERJECTION)
+    out = render_sample(
+        recipe=r, persistent=PERSISTENT, events=events, t=2.0, sample_idx=0, task="clean up"
+    )
+    assert out == {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    # every key but the substituted string values passes through unchanged
+                    {"type": "image", "feature": TOP, "extra": {"k": "${task}"}},
+                    {"type": "text", "text": "clean up: skip wiping"},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": "plan 0",
+                # the row's tool calls, as stored: no ids, no re-shaping
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "function": {"name": "say", "arguments": {"text": "Skipping wiping."}},
+                    }
+                ],
+            },
+            # a speech atom has no content, so ${speech} is empty
+            {"role": "assistant", "content": "[]"},
+        ],
+        "message_streams": ["high_level", "high_level", "low_level"],
+        "target_message_indices": [1],
+    }
+    out["messages"][1]["tool_calls"][0]["function"]["name"] = "changed"
+    assert events == EVENTS_INTERJECTION  # the sample holds copies
+
+
+def test_if_present_skips_and_renders_to_nothing() -> None:
+    r = recipe(
+        {
+            "messages": [
+                turn("user", "${vqa_query}", if_present="vqa_query"),
+                turn("assistant", "${vqa}", target=True, if_present="vqa"),
+            ]
+        }
+    )
+    traced = render_traced(
+        recipe=r, persistent=PERSISTENT, events=EVENTS_INTERJECTION, t=0.0, sample_idx=0
+    )
+    assert traced.rendered is None and traced.missing == ("vqa",)
+    # One camera's pair: the camera-less defaults resolve.
+    out = render_sample(recipe=r, persistent=PERSISTENT, events=EVENTS_VQA[:2], t=0.0, sample_idx=0)
+    assert out is not None and out["messages"][1]["content"] == '{"label": "cup", "count": 3}'
+    # Both cameras: the referenced camera-less default is ambiguous, as in LeRobot.
+    with pytest.raises(AmbiguousBindingError):
+        render_sample(recipe=r, persistent=PERSISTENT, events=EVENTS_VQA, t=0.0, sample_idx=0)
+
+
+def test_unreferenced_defaults_are_not_resolved() -> None:
+    r = recipe(
+        {
+            "messages": [
+                turn("user", "${task}"),
+                turn("assistant", "${subtask}", "low_level", target=True),
+            ]
+        }
+    )
+    out = render_sample(
+        recipe=r, persistent=PERSISTENT, events=EVENTS_VQA, t=1.0, sample_idx=0, task="x"
+    )
+    assert out is not None and out["messages"][1] == {"role": "assistant", "content": "subtask 1"}
+
+
+def test_low_level_only_turns_render_without_target() -> None:
+    r = recipe({"messages": [turn("user", "${subtask}", "low_level", if_present="subtask")]})
+    out = render_sample(recipe=r, persistent=PERSISTENT, events=[], t=0.5, sample_idx=0)
+    assert out == {
+        "messages": [{"role": "user", "content": "subtask 0"}],
+        "message_streams": ["low_level"],
+        "target_message_indices": [],
+    }
+    no_subtask = [row for row in PERSISTENT if row["style"] != "subtask"]
+    assert render_sample(recipe=r, persistent=no_subtask, events=[], t=0.5, sample_idx=0) is None
+
+
+def test_tool_calls_from_a_row_without_calls_keeps_a_bare_message() -> None:
+    # Without if_present, a content-null turn whose binding has no tool calls stays in the
+    # sample as {"role": ...} (LeRobot does not drop it).
+    r = recipe(
+        {
+            "messages": [
+                turn("user", "${task}"),
+                {
+                    "role": "assistant",
+                    "stream": "high_level",
+                    "target": True,
+                    "tool_calls_from": "speech",
+                },
+            ]
+        }
+    )
+    out = render_sample(recipe=r, persistent=PERSISTENT, events=[], t=0.0, sample_idx=0, task="go")
+    assert out is not None
+    assert out["messages"] == [{"role": "user", "content": "go"}, {"role": "assistant"}]
+    assert out["target_message_indices"] == [1]
+
+
+def _blend(weights: list[tuple[str, float]]) -> TrainingRecipe:
+    return recipe(
+        {
+            "blend": {
+                name: {
+                    "weight": w,
+                    "messages": [turn("user", "${task}"), turn("assistant", name, target=True)],
+                }
+                for name, w in weights
+            }
+        }
+    )
+
+
+def test_blend_choice_is_lerobots_hash_over_weights_in_file_order() -> None:
+    weights = [("a", 0.5), ("b", 1.5), ("c", 2.0)]
+    r = _blend(weights)
+    chosen = Counter()
+    for idx in range(3000):
+        out = render_sample(recipe=r, persistent=[], events=[], t=0.0, sample_idx=idx, task="x")
+        assert out is not None
+        name = out["messages"][1]["content"]
+        assert name == expected_component(weights, str(idx)), idx
+        assert choose_component(r, idx)[0] == name
+        chosen[name] += 1
+    assert chosen["a"] / 3000 == pytest.approx(0.125, abs=0.03)
+    assert chosen["c"] / 3000 == pytest.approx(0.5, abs=0.03)
+    # The order of the file matters: the same weights listed in another order pick otherwise.
+    reordered = _blend([("c", 2.0), ("b", 1.5), ("a", 0.5)])
+    assert any(choose_component(reordered, i)[0] != choose_component(r, i)[0] for i in range(50))
+
+
+def _vqa_component(camera: str, weight: float) -> dict[str, Any]:
+    return {
+        "weight": weight,
+        "route": "vqa",
+        "bindings": {
+            "vqa_query": f"emitted_at(t, style=vqa, role=user, camera={camera})",
+            "vqa": f"emitted_at(t, style=vqa, role=assistant, camera={camera})",
+        },
+        "messages": [
+            turn(
+                "user",
+                [{"type": "image", "feature": camera}, {"type": "text", "text": "${vqa_query}"}],
+                if_present="vqa_query",
+            ),
+            turn("assistant", "${vqa}", target=True, if_present="vqa"),
+        ],
+    }
+
+
+VQA_BLEND = {
+    "blend": {
+        "subtask": {
+            "weight": 0.98,
+            "messages": [turn("user", "${task}"), turn("assistant", "${subtask}", target=True)],
+        },
+        "top": _vqa_component(TOP, 0.005),
+        "wrist": _vqa_component(WRIST, 0.015),
+    }
 }
 
 
-def render(
-    recipe_name: str, frame: int, camera: str | None = None, index: int = 0
-) -> dict[str, Any] | None:
-    return render_sample(
-        load_recipe(recipe_name),
-        persistent=PERSISTENT,
-        events=EVENTS.get(frame, []),
-        t=TS[frame],
-        task=TASK,
-        sample_index=index,
-        camera=camera,
-    )
-
-
-def at(expr: str, frame: int, camera: str | None = None) -> LanguageRow | None:
-    return resolve(
-        "b",
-        parse_binding(expr),
-        persistent=PERSISTENT,
-        events=EVENTS.get(frame, []),
-        t=TS[frame],
-        camera=camera,
-    )
-
-
-def content(row: LanguageRow | None) -> str | None:
-    return None if row is None else row.content
-
-
-def test_active_at() -> None:
-    assert content(at("active_at(t, style=subtask)", 0)) == "reach the cup"
-    assert content(at("active_at(t, style=subtask)", 9)) == "reach the cup"
-    assert content(at("active_at(t, style=subtask)", 10)) == "grasp the cup"
-    assert content(at("active_at(t, style=subtask)", 49)) == "place the cup on the plate"
-    assert at("active_at(t, style=memory)", 5) is None
-    assert content(at("active_at(t, style=memory)", 15)) == "reached the cup"
-    assert at("active_at(t, style=motion)", 5) is None
-
-
-def test_emitted_at_events_and_stamped_persistent_rows() -> None:
-    assert content(at("emitted_at(t, style=interjection)", 20)) == "gently please"
-    assert at("emitted_at(t, style=interjection)", 21) is None
-    assert content(at("emitted_at(t, style=memory)", 10)) == "reached the cup"
-    assert at("emitted_at(t, style=memory)", 11) is None
-    speech = at("emitted_at(t, role=assistant, tool_name=say)", 20)
-    assert speech is not None and speech.style is None
-    assert at("emitted_at(t, tool_name=wave)", 20) is None
-    assert at("emitted_at(t, style=null)", 20) == speech
-    answer = at("emitted_at(t, style=vqa, role=assistant, camera=$camera)", 30, WRIST)
-    assert content(answer) == '{"label":"cup","count":1}'
-    fixed = at(f"emitted_at(t, style=vqa, role=user, camera={TOP})", 30)
-    assert content(fixed) == "where is the cup?"
-
-
-def test_nth_prev_and_next() -> None:
-    assert content(at("nth_prev(style=subtask, offset=1)", 15)) == "reach the cup"
-    assert at("nth_prev(style=subtask, offset=2)", 15) is None
-    assert content(at("nth_prev(style=subtask, offset=2)", 25)) == "reach the cup"
-    assert content(at("nth_next(style=subtask, offset=1)", 5)) == "grasp the cup"
-    assert content(at("nth_next(style=subtask, offset=2)", 5)) == "place the cup on the plate"
-    assert at("nth_next(style=subtask, offset=1)", 25) is None
-    assert content(at("nth_next(style=memory, offset=1)", 5)) == "reached the cup"
-    assert at("nth_prev(style=memory, offset=1)", 5) is None
-
-
-def test_more_than_one_match_is_an_error() -> None:
-    with pytest.raises(AmbiguousBindingError, match="matches 2 rows"):
-        at("emitted_at(t, style=vqa, role=assistant)", 30)
-    with pytest.raises(AmbiguousBindingError, match="vqa"):
-        render("vqa", 30)  # two cameras answered and no camera was chosen
-    doubled = [*PERSISTENT, p("task_aug", 0, "a"), p("task_aug", 0, "b")]
-    with pytest.raises(AmbiguousBindingError):
-        resolve(
-            "aug",
-            parse_binding("active_at(t, style=task_aug)"),
-            persistent=doubled,
-            events=[],
-            t=TS[3],
+def test_vqa_route_wins_over_weighted_choice() -> None:
+    r = recipe(VQA_BLEND)
+    top_only = EVENTS_VQA[:2]
+    for idx in range(40):
+        out = render_traced(
+            recipe=r, persistent=PERSISTENT, events=top_only, t=3.0, sample_idx=idx, task="x"
         )
-
-
-def test_low_level_subtask() -> None:
-    sample = render("low_level_subtask", 12)
-    assert sample is not None
-    assert sample["messages"] == [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "camera": None, "timestamp": TS[12]},
-                {"type": "text", "text": f"Task: {TASK}"},
-            ],
-        },
-        {"role": "assistant", "content": "grasp the cup"},
-    ]
-    assert sample["streams"] == ["high_level", "low_level"]
-    assert sample["targets"] == [False, True]
-    assert sample["recipe"] == "low_level_subtask" and "tools" not in sample
-    assert (
-        render_sample(
-            load_recipe("low_level_subtask"),
-            persistent=[],
-            events=[],
-            t=0.0,
-            task=TASK,
-            sample_index=0,
+        assert out.component == "top" and out.rendered is not None
+        assert out.rendered["messages"][0]["content"][0] == {"type": "image", "feature": TOP}
+    # Both cameras: chosen among the routed components by their weights, with the "vqa:" key.
+    picks = Counter()
+    for idx in range(2000):
+        out = render_traced(
+            recipe=r, persistent=PERSISTENT, events=EVENTS_VQA, t=3.0, sample_idx=idx, task="x"
         )
-        is None
-    )
+        assert out.component == expected_component([("top", 0.005), ("wrist", 0.015)], f"vqa:{idx}")
+        picks[out.component] += 1
+    assert picks["wrist"] / 2000 == pytest.approx(0.75, abs=0.04)
 
 
-def test_high_level_next_subtask() -> None:
-    sample = render("high_level_next_subtask", 12)
-    assert sample is not None
-    text = sample["messages"][1]["content"][1]["text"]
-    assert "Memory: reached the cup" in text and "Current subtask: grasp the cup" in text
-    assert sample["messages"][-1] == {"role": "assistant", "content": "place the cup on the plate"}
-    assert render("high_level_next_subtask", 25) is None  # last subtask: nothing next
-
-
-def test_memory_update_only_at_boundaries() -> None:
-    sample = render("memory_update", 20)
-    assert sample is not None
-    assert "Memory so far: reached the cup" in sample["messages"][1]["content"]
-    assert "Just finished: grasp the cup" in sample["messages"][1]["content"]
-    assert sample["messages"][-1]["content"] == "cup in hand"
-    assert sample["targets"] == [False, False, True]
-    assert render("memory_update", 21) is None
-    assert render("memory_update", 0) is None
-
-
-def test_interjection_response_has_say_tool_call() -> None:
-    sample = render("interjection_response", 20)
-    assert sample is not None
-    roles = [m["role"] for m in sample["messages"]]
-    assert roles == ["system", "user", "user", "assistant", "assistant"]
-    call_turn = sample["messages"][3]
-    assert call_turn["content"] is None
-    assert call_turn["tool_calls"] == [
-        {
-            "id": "call_0",
-            "type": "function",
-            "function": {"name": "say", "arguments": {"text": "Will do."}},
-        }
-    ]
-    assert sample["messages"][2]["content"] == "gently please"
-    assert "1. reach" in sample["messages"][1]["content"][1]["text"]  # the previous plan
-    assert sample["messages"][4]["content"] == "1. place it gently"
-    assert sample["tools"] == [SAY_TOOL]
-    assert render("interjection_response", 0) is None  # speech but no interjection
-
-
-def test_vqa_per_camera() -> None:
-    top = render("vqa", 30, TOP)
-    wrist = render("vqa", 30, WRIST)
-    assert top is not None and wrist is not None
-    assert top["messages"][0]["content"][0] == {"type": "image", "camera": TOP, "timestamp": TS[30]}
-    assert top["messages"][0]["content"][1]["text"] == "where is the cup?"
-    assert orjson.loads(top["messages"][1]["content"]) == BBOX
-    assert wrist["messages"][1]["content"] == '{"label":"cup","count":1}'
-    assert render("vqa", 31, TOP) is None
-
-
-def test_missing_binding_substitutes_empty(tmp_path: Path) -> None:
-    path = tmp_path / "r.yaml"
-    path.write_text(
-        "name: r\nstream: high_level\nmessages:\n"
-        '  - {role: assistant, target: true, content: "[${memory}] ${speech} ${camera}"}\n',
-        encoding="utf-8",
-    )
-    recipe = load_recipe(path)
-    first = render_sample(
-        recipe, persistent=PERSISTENT, events=EVENTS[0], t=0.0, task="", sample_index=0
-    )
-    assert first is not None
-    assert first["messages"][0]["content"] == "[] Okay, I will put the cup on the plate. "
-
-
-def test_blend_is_deterministic_and_follows_weights() -> None:
-    blend = load_recipe("blend")
-    assert isinstance(blend, Blend)
-    picks = [blend_choice(blend, i).name for i in range(4000)]
-    assert picks == [blend_choice(blend, i).name for i in range(4000)]
-    counts = Counter(picks)
-    total_weight = sum(w for _, w in blend.components)
-    for recipe, weight in blend.components:
-        expected = 4000 * weight / total_weight
-        assert abs(counts[recipe.name] - expected) < 0.15 * expected + 20
-    sample = None
-    for i in range(50):
-        if blend_choice(blend, i).name == "low_level_subtask":
-            sample = render_sample(
-                blend, persistent=PERSISTENT, events=[], t=TS[5], task=TASK, sample_index=i
-            )
-            break
-    assert sample is not None and sample["recipe"] == "low_level_subtask"
-
-
-def test_single_recipe_ignores_sample_index() -> None:
-    recipe = load_recipe("low_level_subtask")
-    assert isinstance(recipe, Recipe)
-    a = render("low_level_subtask", 12, index=0)
-    b = render("low_level_subtask", 12, index=999)
-    assert a == b
-
-
-# --- narrator render over a real annotated dataset -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def annotated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_annotated_dataset(tmp_path_factory.mktemp("render") / "ds", episodes=3)
-
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def narrator(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "narrator", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "NARRATOR_LOG_LEVEL": "warning"},
-        cwd=REPO_ROOT,
-    )
-
-
-def test_every_shipped_recipe_renders_the_dataset(annotated: Path) -> None:
-    meta = load_dataset_meta(annotated)
-    for name in shipped_recipe_names():
-        samples = list(iter_samples(meta, load_recipe(name), sorted(meta.episodes)))
-        assert samples, name
-        for sample in samples:
-            assert len(sample["messages"]) == len(sample["streams"]) == len(sample["targets"])
-            assert any(sample["targets"])
-            orjson.dumps(sample)
-        by_recipe = Counter(s["recipe"] for s in samples)
-        if name == "blend":
-            assert len(by_recipe) >= 3
+def test_without_vqa_the_weighted_choice_may_pick_a_vqa_component_that_renders_nothing() -> None:
+    r = recipe(VQA_BLEND)
+    weights = [("subtask", 0.98), ("top", 0.005), ("wrist", 0.015)]
+    seen = set()
+    for idx in range(400):
+        out = render_traced(
+            recipe=r, persistent=PERSISTENT, events=[], t=3.0, sample_idx=idx, task="x"
+        )
+        assert out.component == expected_component(weights, str(idx))
+        seen.add(out.component)
+        if out.component == "subtask":
+            assert out.rendered is not None
         else:
-            assert set(by_recipe) == {name}
-    vqa = list(iter_samples(meta, load_recipe("vqa"), [0]))
-    assert {s["camera"] for s in vqa} == {c.key for c in meta.cameras}
-    interjections = list(iter_samples(meta, load_recipe("interjection_response"), [0, 1, 2]))
-    assert len(interjections) == 3
-    assert all(s["tools"] == [SAY_TOOL] for s in interjections)
+            assert out.rendered is None and out.missing == ("vqa",)
+    assert seen == {"subtask", "top", "wrist"}
 
 
-def test_cli_render_jsonl_and_pretty(annotated: Path) -> None:
-    done = narrator(
-        "render", str(annotated), "--recipe", "vqa", "--episode", "1", "--frames", "5,15"
+def test_task_resolution() -> None:
+    aug = [p("task_aug", 0.0, f"rephrasing {i}", "user") for i in range(3)]
+    aug.append(p("task_aug", 0.0, "not a user row"))
+    # 1. The given task wins (RenderMessagesStep always gives the frame's task).
+    assert resolve_task("canonical", None, persistent=aug, sample_idx=5) == "canonical"
+    assert resolve_task("", None, persistent=aug, sample_idx=5) == ""
+    # 2. Else a user task_aug row picked by blake2b("task_aug:<idx>") modulo their count.
+    for idx in range(30):
+        digest = hashlib.blake2b(f"task_aug:{idx}".encode(), digest_size=8).digest()
+        expected = f"rephrasing {int.from_bytes(digest, 'big') % 3}"
+        assert resolve_task(None, {"task": "ctx"}, persistent=aug, sample_idx=idx) == expected
+    # 3. Else the context's task (a mapping or an object), else None.
+    assert resolve_task(None, {"task": "ctx"}, persistent=PERSISTENT, sample_idx=0) == "ctx"
+
+    class Ctx:
+        task = "attr"
+
+    assert resolve_task(None, Ctx(), persistent=[], sample_idx=0) == "attr"
+    assert resolve_task(None, None, persistent=[], sample_idx=0) is None
+    r = recipe(
+        {
+            "messages": [
+                turn("user", "[${task}]", "low_level"),
+                turn("assistant", "x", target=True, if_present="task"),
+            ]
+        }
     )
-    assert done.returncode == 0, done.stderr
-    lines = [orjson.loads(line) for line in done.stdout.splitlines()]
-    assert [(s["frame"], s["camera"]) for s in lines] == [
-        (5, TOP),
-        (5, WRIST),
-        (15, TOP),
-        (15, WRIST),
-    ]
-    assert all(s["episode"] == 1 for s in lines)
-    assert "4 sample(s)" in done.stderr
-
-    done = narrator(
-        "render", str(annotated), "--recipe", "interjection_response", "--format", "pretty"
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("== episode") == 3
-    assert '<tool say({"text":"Sure, slowly."})>' in done.stdout
-
-
-def test_cli_render_blend_is_stable_across_selections(annotated: Path) -> None:
-    every = narrator("render", str(annotated), "--recipe", "blend", "--every", "4")
-    assert every.returncode == 0, every.stderr
-    picked = {
-        (s["episode"], s["frame"]): s["recipe"]
-        for s in map(orjson.loads, every.stdout.splitlines())
+    out = render_sample(recipe=r, persistent=[], events=[], t=0.0, sample_idx=0)
+    assert out == {
+        "messages": [{"role": "user", "content": "[]"}],
+        "message_streams": ["low_level"],
+        "target_message_indices": [],
     }
-    frame, recipe = next((k[1], v) for k, v in picked.items() if k[0] == 2)
-    one = narrator(
-        "render", str(annotated), "--recipe", "blend", "--episode", "2", "--frames", str(frame)
+
+
+def test_a_declared_task_binding_replaces_the_task() -> None:
+    r = recipe(
+        {
+            "bindings": {"task": "active_at(t, style=plan)"},
+            "messages": [turn("user", "${task}", "low_level")],
+        }
     )
-    assert one.returncode == 0, one.stderr
-    assert {orjson.loads(line)["recipe"] for line in one.stdout.splitlines()} == {recipe}
+    out = render_sample(
+        recipe=r, persistent=PERSISTENT, events=[], t=0.0, sample_idx=0, task="given"
+    )
+    assert out is not None and out["messages"][0]["content"] == "plan 0"
 
 
-def test_cli_render_errors(annotated: Path) -> None:
-    done = narrator("render", str(annotated), "--recipe", "nope")
-    assert done.returncode == 2 and "no recipe 'nope'" in done.stderr
-    done = narrator("render", str(annotated), "--recipe", "vqa", "--episode", "99")
-    assert done.returncode == 2 and "episode 99" in done.stderr
-    done = narrator("render", str(annotated), "--recipe", "vqa", "--frames", "a,b")
-    assert done.returncode == 2 and "--frames" in done.stderr
+TASK_RECIPE = {
+    "messages": [
+        turn("user", "${task}"),
+        turn("assistant", "${interjection}", target=True, if_present="interjection"),
+    ]
+}
+
+
+def test_render_training_applies_render_messages_step_rules() -> None:
+    r = recipe(TASK_RECIPE)
+    fallback = {
+        "messages": [{"role": "user", "content": "pick"}],
+        "message_streams": ["low_level"],
+        "target_message_indices": [],
+    }
+    # No language at all: the task fallback, without consulting the recipe.
+    empty = render_training(recipe=r, persistent=[], events=[], t=0.0, sample_idx=0, task="pick")
+    assert (empty.source, empty.rendered) == ("fallback", fallback)
+    always = recipe({"messages": [turn("user", "${task}"), turn("assistant", "ok", target=True)]})
+    assert (
+        render_training(
+            recipe=always, persistent=None, events=None, t=0.0, sample_idx=0, task="pick"
+        ).rendered
+        == fallback
+    )
+    # No language and no task: the frame passes through without messages.
+    none = render_training(recipe=r, persistent=[], events=[], t=0.0, sample_idx=0, task=None)
+    assert (none.source, none.rendered) == ("unchanged", None)
+    # Language but nothing rendered: the fallback, or dropped without a task.
+    miss = render_training(
+        recipe=r, persistent=PERSISTENT, events=[], t=0.0, sample_idx=0, task="pick"
+    )
+    assert (miss.source, miss.rendered, miss.missing) == ("fallback", fallback, ("interjection",))
+    gone = render_training(recipe=r, persistent=PERSISTENT, events=[], t=0.0, sample_idx=0, task="")
+    assert (gone.source, gone.rendered) == ("dropped", None)
+    hit = render_training(
+        recipe=r,
+        persistent=PERSISTENT,
+        events=EVENTS_INTERJECTION,
+        t=2.0,
+        sample_idx=0,
+        task="pick",
+    )
+    assert hit.source == "recipe" and hit.rendered is not None
+    assert hit.rendered["messages"][1] == {"role": "assistant", "content": "skip wiping"}

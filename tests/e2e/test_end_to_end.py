@@ -270,11 +270,12 @@ def test_second_invocation_of_a_finished_run_does_nothing(
 def test_every_shipped_recipe_renders_samples_from_the_run(
     annotated: tuple[Path, str, str],
 ) -> None:
-    from narrator.cli.cmd_render import iter_samples
+    from narrator.consumer.dataset_render import iter_samples, select_frames
     from narrator.consumer.recipes import load_recipe, shipped_recipe_names
 
     root, _, _ = annotated
     meta = load_dataset_meta(root)
+    plan = select_frames(meta, sorted(meta.episodes), None, None)
     names = shipped_recipe_names()
     assert {
         "low_level_subtask",
@@ -284,17 +285,20 @@ def test_every_shipped_recipe_renders_samples_from_the_run(
         "vqa",
     } <= set(names)
     for name in names:
-        samples = list(iter_samples(meta, load_recipe(name), sorted(meta.episodes)))
+        samples = list(iter_samples(meta, load_recipe(name), plan))
         assert samples, f"recipe {name} rendered nothing from a real run"
         for sample in samples:
             assert sample["messages"], name
-    interjection = list(
-        iter_samples(meta, load_recipe("interjection_response"), sorted(meta.episodes))
-    )
+            assert len(sample["message_streams"]) == len(sample["messages"]), name
+    interjection = list(iter_samples(meta, load_recipe("interjection_response"), plan))
     calls = [c for s in interjection for m in s["messages"] for c in (m.get("tool_calls") or [])]
     assert calls and all(c["function"]["name"] == "say" for c in calls)
-    vqa = list(iter_samples(meta, load_recipe("vqa"), sorted(meta.episodes)))
-    assert {s.get("camera") for s in vqa} >= {c.key for c in meta.cameras}
+    # The README's example (`--recipe interjection_response --episode 0`) renders something:
+    # the first frame's spoken acknowledgement at least.
+    assert any(s["episode"] == 0 and s["frame"] == 0 for s in interjection)
+    vqa = list(iter_samples(meta, load_recipe("vqa"), plan))
+    features = {s["messages"][0]["content"][0]["feature"] for s in vqa}
+    assert features >= {c.key for c in meta.cameras}
 
 
 def test_status_reports_modules_files_and_counters(annotated: tuple[Path, str, str]) -> None:
