@@ -6,12 +6,16 @@ one slice at a time so an episode's persistent list is repeated per frame only f
 being written; :func:`build_language_columns` materialises them whole.
 Shell: :func:`write_language_shard` (and :func:`rewrite_shard` for materialised columns)
 streams the source shard into a temp file beside the destination, a run of equal-size row
-groups per call (:func:`row_group_batches`), fsyncs it and renames it into place.
+groups per call (:func:`row_group_batches`, :func:`batch_rows`: about
+:data:`BATCH_VALUES` repeated persistent rows per call), fsyncs it and renames it into place.
 
 Invariants:
-* Every other column keeps its values, order and row-group boundaries; the legacy
-  ``subtask_index`` and any previous language columns are dropped, the two new ones appended.
-* The compression codec(s) of the source are kept.
+* Every other column keeps its values, order, row-group boundaries and statistics; the legacy
+  ``subtask_index`` and any previous language columns are dropped, the two new ones appended
+  (without min/max statistics: no reader uses them).
+* The compression codec(s) of the source are kept; with per-column codecs every leaf of the
+  new columns gets the codec most source leaves use (:func:`language_leaf_paths`).
+* The new file has the mode (and, where permitted, owner) of the one it replaces.
 * A reader sees the old destination file or the new one, never a partial one.
 """
 
