@@ -33,6 +33,7 @@ from narrator.common.dataset.frame_sizes import FrameSizeProbe
 from narrator.common.dataset.language import read_file_language
 from narrator.common.dataset.reader import read_file_frames
 from narrator.common.errors import ContractError, SecurityError, TransientError
+from narrator.common.failed_items import commit_hold, read_tallies, record_hold
 from narrator.common.logging import get_logger
 from narrator.common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
 from narrator.common.queueing import enqueue_finalize_job
@@ -132,6 +133,11 @@ def maybe_commit(ctx: WriterContext, run: RunRecord) -> bool:
         files = load_run_files(conn, run.run_id)
         if any(staged.get(f) != run.generation for f in files):
             return False
+        hold = commit_hold(read_tallies(conn, run.run_id, run.module_hashes), run.commit_policy)
+        record_hold(conn, run.run_id, hold)
+        if hold is not None:
+            log.warning("commit_held", run=run.run_id, reason=hold)
+            return False
         stage = stage_dir(run.staging_dir, run.run_id, run.generation)
         if _refinalize_missing(conn, run, stage, list(files)):
             return False
@@ -154,7 +160,7 @@ def _refinalize_missing(conn: redis.Redis, run: RunRecord, stage: Path, files: l
     for data_file in missing:
         log.warning("staged_shard_missing", run=run.run_id, file=data_file)
         conn.hdel(keys.staged_files(run.run_id), data_file)
-        conn.set(keys.finalize_claim(run.run_id, data_file, run.generation), b"1")
+        conn.hset(keys.finalize_claims(run.run_id), data_file, run.generation)
         enqueue_finalize_job(conn, run.run_id, data_file, run.generation)
     return bool(missing)
 

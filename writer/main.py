@@ -16,7 +16,7 @@ from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
 from narrator.common.logging import get_logger
 from narrator.common.metrics import start_metrics_server
-from narrator.common.queueing import ContextWorker
+from narrator.common.rq_internals import ContextWorker
 from narrator.common.runs import load_run, text
 from narrator.writer.context import WriterContext
 from narrator.writer.finalize import resume_interrupted
