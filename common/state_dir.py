@@ -75,35 +75,35 @@ def _existing_ancestor(path: Path) -> Path:
 def check_dataset_writable(
     meta: DatasetMeta, staging_dir: Path, *, probe_writes: bool = True
 ) -> None:
-    """Refuse, before any VLM work, a dataset the writer could not commit to.
+    """Refuse, before any VLM work, a dataset the writer could not commit to; leaves nothing
+    behind.
 
-    With ``probe_writes`` (``narrator annotate``: this machine writes the dataset) a file is
-    created and removed in ``meta/`` and in every directory holding a data file, and the
-    staging directory is created. Always: the staging directory (or, when it cannot be
-    created here, its nearest existing parent) must be on the filesystem (``st_dev``) of
-    every data file's directory, because a staged shard is swapped in with a rename.
+    With ``probe_writes`` (``narrator annotate`` and the writer: this process writes the
+    dataset) a file is created and removed in ``meta/``, in every directory holding a data
+    file, and in the staging directory (or its nearest existing parent, where it will be
+    created). Always: that directory must be on the filesystem (``st_dev``) of every data
+    file's directory, because a staged shard is swapped in with a rename.
     """
     root = meta.root
     data_dirs = sorted({(root / rel).parent for rel in meta.files})
-    staging = Path(staging_dir).absolute()
+    staging = _existing_ancestor(Path(staging_dir).absolute())
     if probe_writes:
         for directory in [root / "meta", *data_dirs]:
             _probe_write(directory)
         try:
-            staging.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+            _probe_write(staging)
+        except DatasetError:
             raise DatasetError(
                 staging,
-                f"cannot be created ({_why(exc)}); the staging directory must be writable "
-                "and on the dataset's filesystem (leave --staging-dir unset for "
+                "is not writable, so the staging directory cannot be created there; it must "
+                "be writable and on the dataset's filesystem (leave --staging-dir unset for "
                 f"ROOT/{STATE_DIR_NAME}/staging)",
             ) from None
-    seen = _existing_ancestor(staging)
-    device = seen.stat().st_dev
+    device = staging.stat().st_dev
     for directory in data_dirs:
         if directory.stat().st_dev != device:
             raise DatasetError(
-                staging,
+                Path(staging_dir).absolute(),
                 f"is on another filesystem than the data files in {directory}; a finished "
                 "shard is swapped in by a rename, which cannot cross filesystems: leave "
                 f"--staging-dir and --state-dir unset (the default is ROOT/{STATE_DIR_NAME}/) "

@@ -60,7 +60,7 @@ def finalize_file(
     conn = ctx.conn
     run = load_run(conn, run_id)
     if run.generation != generation:
-        log.info("finalize superseded by a newer generation", run=run_id, file=data_file)
+        log.info("finalize_superseded", run=run_id, file=data_file)
         return {"stale": True}
     files = load_run_files(conn, run_id)
     if data_file not in files:
@@ -110,13 +110,13 @@ def finalize_file(
     except OSError:
         # A new generation was enqueued meanwhile and its producer pruned this stage.
         if load_run(conn, run_id).generation != generation:
-            log.info("finalize superseded while writing", run=run_id, file=data_file)
+            log.info("finalize_superseded_while_writing", run=run_id, file=data_file)
             return {"stale": True}
         raise
     SHARDS_WRITTEN.inc()
     SHARD_WRITE_SECONDS.observe(time.monotonic() - started)
     conn.hset(keys.staged_files(run_id), data_file, generation)
-    log.info("shard staged", run=run_id, file=data_file, rows=n_rows, warnings=len(findings))
+    log.info("shard_staged", run=run_id, file=data_file, rows=n_rows, warnings=len(findings))
     maybe_commit(ctx, run)
     return {"file": data_file, "rows": n_rows, "warnings": len(findings)}
 

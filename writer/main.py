@@ -34,7 +34,7 @@ def recover(ctx: WriterContext) -> int:
         try:
             run = load_run(conn, run_id)
         except Exception as exc:  # a broken record must not stop the writer
-            log.warning("cannot inspect run", run=run_id, error=str(exc))
+            log.warning("run_inspect_failed", run=run_id, error=str(exc))
             continue
         if text(conn.get(keys.committed(run_id))) != run.generation and resume_interrupted(
             ctx, run
@@ -52,7 +52,7 @@ def run_writer(config: NarratorConfig, *, burst: bool = False) -> None:
     conn = redis.Redis.from_url(url)
     ctx = WriterContext(conn=conn)
     recovered = recover(ctx)
-    log.info("writer starting", recovered_commits=recovered, arrow_allocator=allocator)
+    log.info("writer_starting", recovered_commits=recovered, arrow_allocator=allocator)
     worker = ContextWorker(
         [keys.WRITER_QUEUE],
         context=ctx,
