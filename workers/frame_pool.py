@@ -12,7 +12,8 @@ Invariants:
   the pool by pickle, so they are plain values (paths as strings, numbers).
 * A pool whose process died (out of memory, killed) is replaced, and the call that saw it
   fails with a :class:`~common.errors.TransientError` (the job is retried).
-* Pool processes ignore SIGINT: the worker decides when they stop (:meth:`FramePool.close`).
+* Pool processes ignore SIGINT (the worker decides when they stop, :meth:`FramePool.close`)
+  and end with the worker process that started them, however it ends.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from narrator.common.errors import TransientError
+from narrator.common.lifecycle import die_with_parent
 from narrator.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -43,8 +45,11 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _ignore_sigint() -> None:
+def _init_pool_process(parent_pid: int) -> None:
+    """In each pool process: SIGINT is the worker's to handle, and the process ends with the
+    worker that started it, however that one ends (``kill -9`` included)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
 
 
 class FramePool:
@@ -62,7 +67,8 @@ class FramePool:
                 self._executor = ProcessPoolExecutor(
                     self.processes,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_ignore_sigint,
+                    initializer=_init_pool_process,
+                    initargs=(os.getpid(),),
                 )
             return self._executor
 
