@@ -572,6 +572,9 @@ class HubSettings(_Model):
         return v
 
 
+_RUNS_WORKERS = frozenset({ANNOTATE, WORKER})  # commands that start worker processes
+
+
 class NarratorConfig(_Model):
     cli_group: ClassVar[str] = "run, connection and processes"
     cli_commands: ClassVar[frozenset[str]] = RUN_COMMANDS
@@ -606,6 +609,12 @@ class NarratorConfig(_Model):
     # ~45 slots; 2 x 4 left 16 slots only 90% busy (tests/bench/bench_saturation.py).
     jobs_per_worker: Annotated[int, Surface(commands=frozenset({ANNOTATE, WORKER}))] = Field(
         default=16, ge=1, le=64, description="jobs one worker process runs at once, 1-64"
+    )
+    frame_processes: Annotated[int | None, Surface(commands=_RUNS_WORKERS)] = Field(
+        default=None,
+        ge=0,
+        description="processes per worker process that decode, resize and JPEG-encode frames "
+        "(default: one per CPU core it may use; 0: a thread of the worker instead)",
     )
     job_timeout_s: int = Field(
         default=1800, ge=10, description="longest time one job may run, in seconds"

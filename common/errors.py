@@ -39,6 +39,10 @@ class DatasetError(PermanentError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type[DatasetError], tuple[str, str]]:
+        # Raised in a frame-pool process, it crosses back by pickle with both arguments.
+        return (type(self), (self.path, self.problem))
+
 
 class VideoDecodeError(DatasetError):
     """A video could not be decoded at the timestamps an episode needs."""

@@ -37,6 +37,7 @@ from narrator.common.errors import PermanentError
 from narrator.common.job_specs import CommitPolicy, JobOptions
 from narrator.common.modules import SPECS
 from narrator.common.prompts import PromptSet
+from narrator.common.state_dir import STATE_DIR_NAME
 
 
 def compute_run_id(root: Path, fingerprint: str) -> str:
@@ -210,6 +211,6 @@ def text(value: Any) -> str | None:
 
 
 def default_state_dir(root: Path) -> Path:
-    """``<parent>/.<name>.narrator``: beside the dataset, on the same filesystem."""
-    root = Path(root).resolve()
-    return root.parent / f".{root.name}.narrator"
+    """``ROOT/.narrator``: inside the dataset, so on its filesystem even when the root is a
+    mount point (see :mod:`common.state_dir`)."""
+    return Path(root).resolve() / STATE_DIR_NAME

@@ -6,8 +6,10 @@ rows keyed by the episode-relative frame they sit on) and returns every problem 
 is written) and ``narrator validate`` (after) share exactly the same rules.
 
 Invariants:
-* Errors are contract breaches (SPEC section 4: the shard must not be written); warnings are
-  quality problems (memory off a subtask boundary, subtasks not covering the episode).
+* Errors are contract breaches (SPEC section 4: the shard must not be written; VQA
+  coordinates outside the stored frame are one, when the frame sizes are given); warnings
+  are quality problems (memory off a subtask boundary, subtasks not covering the episode;
+  and, from :func:`coverage_findings` on a whole dataset, an episode without subtasks).
 * Timestamps are compared as float32 values, exactly: a persistent row's timestamp must be one
   of the episode's frame timestamps as stored, never "close to" one.
 * Findings come out in a deterministic order (rule checks run in a fixed order over rows in
@@ -35,6 +37,7 @@ from narrator.common.contract import (
     persistent_sort_key,
     speech_text,
 )
+from narrator.common.dataset.meta import FrameSize
 
 Severity = Literal["error", "warning"]
 
@@ -51,10 +54,12 @@ RULES: dict[str, Severity] = {
     "interjection_incomplete": "error",
     "vqa_shape": "error",
     "vqa_duplicate": "error",
+    "vqa_out_of_frame": "error",
     "persistent_duplicate": "error",
     "row_order": "error",
     "memory_off_boundary": "warning",
     "subtasks_not_covering": "warning",
+    "no_subtasks": "warning",
 }
 
 VQA_RELATIONS: frozenset[str] = frozenset(
@@ -184,6 +189,42 @@ def vqa_answer_type(content: str | None) -> str | None:
     return None  # pragma: no cover - unreachable after the check above
 
 
+def vqa_geometry_problem(content: str | None, size: FrameSize) -> str | None:
+    """Why the boxes or point of a vqa answer do not lie in a frame of ``size`` (width,
+    height) pixels, else None (also None for answers without coordinates or not JSON; the
+    shape rule reports those).
+
+    A box ``[x1, y1, x2, y2]`` needs ``0 <= x1 <= x2 <= width`` and ``0 <= y1 <= y2 <=
+    height``; a point ``[x, y]`` needs ``0 <= x < width`` and ``0 <= y < height`` (it names a
+    pixel; docs/COORDINATES.md)."""
+    if content is None:
+        return None
+    try:
+        obj = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    width, height = size
+    detections = obj.get("detections")
+    for i, det in enumerate(detections if isinstance(detections, list) else []):
+        box: Any = det.get("bbox") if isinstance(det, dict) else None
+        if not _numbers(4)(box):
+            continue
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
+            return (
+                f"detection {i}: box {box} does not lie in the {width}x{height} frame "
+                "(needs 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height)"
+            )
+    point: Any = obj.get("point")
+    if _numbers(2)(point):
+        x, y = point
+        if not (0 <= x < width and 0 <= y < height):
+            return f"point {point} is not a pixel of the {width}x{height} frame"
+    return None
+
+
 # --- the episode rules ----------------------------------------------------------------------
 
 
@@ -304,6 +345,7 @@ def _check_events(
     cameras: Collection[str],
     vqa_types: Mapping[tuple[int, str], str] | None,
     plans: bool,
+    frame_sizes: Mapping[str, FrameSize] | None,
 ) -> None:
     n_frames = len(frame_timestamps)
     plan_times = {
@@ -319,7 +361,9 @@ def _check_events(
         t = _f32(frame_timestamps[frame])
         for row in rows:
             _check_row(out, row, in_persistent=False, t=t, cameras=cameras)
-        _check_frame_events(out, frame, t, rows, plan_times if plans else None, vqa_types)
+        _check_frame_events(
+            out, frame, t, rows, plan_times if plans else None, vqa_types, frame_sizes
+        )
 
 
 def _check_frame_events(
@@ -329,6 +373,7 @@ def _check_frame_events(
     rows: Sequence[LanguageRow],
     plan_times: set[float] | None,
     vqa_types: Mapping[tuple[int, str], str] | None,
+    frame_sizes: Mapping[str, FrameSize] | None,
 ) -> None:
     """``plan_times`` None: plans are off, so an interjection needs no plan row."""
     has_speech = any(r.style is None and speech_text_or_none(r) is not None for r in rows)
@@ -353,6 +398,11 @@ def _check_frame_events(
             problem = vqa_answer_problem(row.content, qtype)
             if problem is not None:
                 out.add("vqa_shape", f"vqa answer on frame {frame}: {problem}", t, row.camera)
+            size = (frame_sizes or {}).get(row.camera or "")
+            outside = vqa_geometry_problem(row.content, size) if size else None
+            if outside is not None:
+                message = f"vqa answer on frame {frame}, camera {row.camera}: {outside}"
+                out.add("vqa_out_of_frame", message, t, row.camera)
     for (camera, role), n in vqa_roles.items():
         if n > 1:
             message = f"{n} vqa rows of role {role!r} on frame {frame}, camera {camera!r}"
@@ -397,6 +447,7 @@ def validate_episode(
     cameras: Collection[str],
     vqa_types: Mapping[tuple[int, str], str] | None = None,
     plans: bool = True,
+    frame_sizes: Mapping[str, FrameSize] | None = None,
 ) -> list[Finding]:
     """Every rule of SPEC sections 2 and 4 over one episode's rows.
 
@@ -404,13 +455,36 @@ def validate_episode(
     ``events_by_frame`` maps an episode-relative frame index to the event rows on it;
     ``vqa_types`` optionally gives the question type asked per (frame, camera); ``plans``
     says whether plan rows were written (``--no-plan`` turns them off, and with them the rule
-    that an interjection has a plan row on its frame).
+    that an interjection has a plan row on its frame); ``frame_sizes`` optionally the stored
+    (width, height) per camera, to check that VQA boxes and points lie in the frame.
     """
     out = _Collector(episode)
     frame_ts = {_f32(t) for t in frame_timestamps}
     _check_persistent(out, persistent, frame_ts, cameras)
-    _check_events(out, events_by_frame, frame_timestamps, persistent, cameras, vqa_types, plans)
+    _check_events(
+        out,
+        events_by_frame,
+        frame_timestamps,
+        persistent,
+        cameras,
+        vqa_types,
+        plans,
+        frame_sizes,
+    )
     _check_quality(out, persistent, frame_timestamps)
+    return out.findings
+
+
+def coverage_findings(
+    *, episode: int, frames: int, persistent: Sequence[LanguageRow]
+) -> list[Finding]:
+    """What ``narrator validate`` reports about a whole annotated episode: a warning when it
+    has frames but no subtask rows (it was not annotated by the plan module, or its plan
+    failed). Not part of :func:`validate_episode`: a run of some modules only writes shards
+    whose episodes may lack subtasks on purpose."""
+    out = _Collector(episode)
+    if frames and not any(r.style == "subtask" for r in persistent):
+        out.add("no_subtasks", f"the episode has {frames} frames but no subtask rows")
     return out.findings
 
 

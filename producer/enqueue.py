@@ -19,6 +19,9 @@ Invariants:
 * ``only_episodes`` (``--only-episodes``) restricts the jobs to those episodes and the files
   to those that hold one (plus files still without language columns, see
   :mod:`producer.selection`); the selection is part of the generation and of the run record.
+* Enqueueing a generation removes the staged shards of the run's superseded generations
+  (:func:`common.state_dir.prune_superseded_stages`; best effort, a read-only view of the
+  dataset leaves them to the writer, which prunes on commit).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import redis
 from narrator.common import keys
 from narrator.common.cameras import check_camera_settings
 from narrator.common.config import AnnotationSettings, format_episode_ranges
-from narrator.common.dataset.reader import DatasetMeta, check_language_columns, load_dataset_meta
+from narrator.common.dataset.meta import DatasetMeta
+from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
 from narrator.common.failed_items import read_tallies, record_hold
 from narrator.common.job_specs import CommitPolicy, JobOptions
 from narrator.common.logging import get_logger
@@ -46,6 +50,7 @@ from narrator.common.runs import (
     generation_of,
     text,
 )
+from narrator.common.state_dir import check_dataset_writable, prune_superseded_stages
 from narrator.producer.schedule import schedule_run
 from narrator.producer.selection import run_files
 
@@ -83,6 +88,10 @@ def enqueue_run(
     root = Path(root).resolve()
     meta = meta or load_dataset_meta(root)
     check_language_columns(meta)
+    staging_dir = Path(staging_dir or default_state_dir(root) / "staging")
+    # What this process can see: the producer's view of the dataset is often read-only (the
+    # writer, another process, writes it), so only the filesystem rule is checked here.
+    check_dataset_writable(meta, staging_dir, probe_writes=False)
     check_camera_settings(settings, meta.cameras)
     files = run_files(meta, only_episodes)
     selection = format_episode_ranges(sorted(only_episodes)) if only_episodes else ()
@@ -103,7 +112,7 @@ def enqueue_run(
         prompts=prompts,
         module_hashes=module_hashes,
         generation=generation,
-        staging_dir=Path(staging_dir or default_state_dir(root) / "staging"),
+        staging_dir=staging_dir,
         total_files=len(files),
         total_episodes=len(episodes),
         total_jobs=total_jobs,
@@ -126,6 +135,8 @@ def enqueue_run(
         pipe.delete(keys.staged_files(run_id), keys.finalize_claims(run_id))
     pipe.execute()
     record_hold(conn, run_id, None)
+    # Superseded generations' staged shards (their staged_files entries went above).
+    prune_superseded_stages(record.staging_dir, run_id, generation)
     # The record always describes the latest command (status, the dataset card), even when
     # that command asks for a generation that is committed already.
     if text(conn.get(keys.committed(run_id))) == generation and not any(

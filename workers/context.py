@@ -1,7 +1,8 @@
 """The services a worker process gives its jobs, built once per process (as arq's ``ctx``).
 
 :class:`WorkerContext` holds the Redis connections, the VLM client (anything satisfying the
-:class:`~narrator.workers.vlm_api.VLM` protocol) and the dataset-metadata cache. Job
+:class:`~narrator.workers.vlm_api.VLM` protocol), the dataset-metadata cache and the frame
+pool (:class:`~workers.frame_pool.FramePool`: decoding and JPEG work in processes). Job
 functions take it as their first argument (:mod:`workers.jobs`), so they are plain async
 functions: rq's :class:`~common.rq_internals.ContextWorker` passes the process's context,
 and a test builds one with :func:`open_worker_context` on its own loop and calls the job
@@ -19,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,10 @@ import redis
 import redis.asyncio as aredis
 
 from narrator.common.config import NarratorConfig
-from narrator.common.dataset.reader import DatasetMeta, load_dataset_meta
+from narrator.common.dataset.meta import DatasetMeta
+from narrator.common.dataset.reader import load_dataset_meta
 from narrator.common.errors import ConfigError, PermanentError
+from narrator.workers.frame_pool import FramePool
 from narrator.workers.replica_status import ReplicaStatusPublisher
 from narrator.workers.vlm_api import VLM
 from narrator.workers.vlm_client import VLMClient
@@ -63,9 +67,12 @@ class WorkerContext:
     client: VLM
     metas: DatasetMetaCache = field(default_factory=DatasetMetaCache)
     replicas: ReplicaStatusPublisher | None = None
+    frames: FramePool | None = None  # decode, resize, JPEG off the loop (None: a thread)
     _owned_client: VLMClient | None = None
 
     async def close(self) -> None:
+        if self.frames is not None:
+            await asyncio.to_thread(self.frames.close)
         if self._owned_client is not None:
             await self._owned_client.close()
         if self.replicas is not None:
@@ -101,5 +108,6 @@ async def open_worker_context(
         aredis=async_conn,
         client=client,
         replicas=publisher,
+        frames=FramePool(config.frame_processes),
         _owned_client=owned,
     )

@@ -1,6 +1,10 @@
 """Frames for the VLM: decode camera frames with PyAV (or from embedded images) and encode
 them as JPEG data URLs within a pixel budget.
 
+The decoding and encoding functions are plain (they run in a frame-pool process:
+:func:`encode_video_frames`, :func:`encode_image_frames`); the async loaders check the
+request against the episode and hand the work to the pool.
+
 Invariants:
 * :func:`decode_video_frames` serves the requested times in time order: it seeks (to a
   keyframe at or before the earliest time minus one frame) and decodes forward. When the next
@@ -14,7 +18,9 @@ Invariants:
   :class:`~common.errors.VideoDecodeError` naming the file and the time.
 * :func:`encode_frame` never upscales: it shrinks, keeping the aspect ratio, until
   width * height <= max_pixels.
-* The async loaders do all blocking work (decode, parquet, JPEG) in ``asyncio.to_thread``.
+* The async loaders do no blocking work themselves: decoding, parquet reads and JPEG encoding
+  run in a :class:`~workers.frame_pool.FramePool` (processes sized to the cores), or in a
+  thread when none is given.
 """
 
 from __future__ import annotations
@@ -23,20 +29,21 @@ import asyncio
 import base64
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import av
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from narrator.common.config import FrameSettings
-from narrator.common.dataset.layout import row_groups_covering
-from narrator.common.dataset.reader import DatasetMeta, Episode
+from narrator.common.dataset.images import read_image_cells
+from narrator.common.dataset.meta import DatasetMeta, Episode
 from narrator.common.errors import DatasetError, VideoDecodeError
+from narrator.workers.frame_pool import FramePool
+
+T = TypeVar("T")
 
 _TIME_EPSILON_S = 1e-6
 _TIE_EPSILON_S = 1e-9  # distances this close are a tie (decimal midpoints are inexact in binary)
@@ -215,7 +222,50 @@ def encode_frame(image: Image.Image, *, max_pixels: int, jpeg_quality: int) -> E
     )
 
 
-# --- loaders -------------------------------------------------------------------------------
+# --- work run in a frame-pool process (plain-value arguments) -------------------------------
+
+
+def encode_video_frames(
+    path: str, times_s: Sequence[float], max_pixels: int, jpeg_quality: int
+) -> list[EncodedFrame]:
+    """Decode the frames of ``path`` nearest to ``times_s`` (absolute seconds) and encode them."""
+    images = decode_video_frames(Path(path), times_s)
+    return [encode_frame(i, max_pixels=max_pixels, jpeg_quality=jpeg_quality) for i in images]
+
+
+def encode_image_frames(
+    path: str, camera: str, rows: Sequence[int], max_pixels: int, jpeg_quality: int
+) -> list[EncodedFrame]:
+    """Read the embedded images of ``camera`` at file rows ``rows`` and encode them."""
+    data_file = Path(path)
+    blobs = read_image_cells(data_file, camera, rows)
+    return [
+        encode_frame(
+            _open_image(data_file, camera, row, blob),
+            max_pixels=max_pixels,
+            jpeg_quality=jpeg_quality,
+        )
+        for row, blob in zip(rows, blobs, strict=True)
+    ]
+
+
+def _open_image(path: Path, camera: str, row: int, blob: bytes) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DatasetError(
+            path, f"row {row} of image camera {camera!r} is not a readable image ({exc})"
+        ) from exc
+
+
+# --- loaders (the event loop's side) ---------------------------------------------------------
+
+
+async def _run(pool: FramePool | None, fn: Callable[..., T], *args: object) -> T:
+    if pool is None:
+        return await asyncio.to_thread(fn, *args)
+    return await pool.run(fn, *args)
 
 
 async def load_frames(
@@ -224,8 +274,10 @@ async def load_frames(
     camera: str,
     timestamps_s: Sequence[float],
     settings: FrameSettings,
+    pool: FramePool | None = None,
 ) -> list[EncodedFrame]:
-    """Encoded frames of a video camera at episode-relative times, decoded off the event loop."""
+    """Encoded frames of a video camera at episode-relative times, decoded and encoded in
+    ``pool`` (a thread without one), never on the event loop."""
     span = episode.videos.get(camera)
     if span is None:
         known = ", ".join(sorted(episode.videos)) or "none"
@@ -245,16 +297,14 @@ async def load_frames(
                 f"({duration_s:.3f} s long in this video)",
             )
     absolute = [span.from_timestamp_s + t for t in timestamps_s]
-
-    def work() -> list[EncodedFrame]:
-        images = decode_video_frames(span.path, absolute)
-        return [_encode(image, settings) for image in images]
-
-    return await asyncio.to_thread(work)
-
-
-def _encode(image: Image.Image, settings: FrameSettings) -> EncodedFrame:
-    return encode_frame(image, max_pixels=settings.max_pixels, jpeg_quality=settings.jpeg_quality)
+    return await _run(
+        pool,
+        encode_video_frames,
+        str(span.path),
+        absolute,
+        settings.max_pixels,
+        settings.jpeg_quality,
+    )
 
 
 async def load_image_frames(
@@ -263,9 +313,10 @@ async def load_image_frames(
     camera: str,
     frame_indices: Sequence[int],
     settings: FrameSettings,
+    pool: FramePool | None = None,
 ) -> list[EncodedFrame]:
     """Encoded frames of an image camera (PNG/JPEG bytes in the data file), by episode-relative
-    frame index; reads only the row groups holding those frames."""
+    frame index; reads only the row groups holding those frames, in ``pool``."""
     if meta.camera(camera).dtype != "image":
         raise DatasetError(
             meta.root / episode.data_file, f"camera {camera!r} is not an image camera"
@@ -276,47 +327,13 @@ async def load_image_frames(
                 meta.root / episode.data_file,
                 f"episode {episode.index} has no frame {index} (length {episode.length})",
             )
-    path = meta.root / episode.data_file
     start = meta.row_start(episode)
-
-    def work() -> list[EncodedFrame]:
-        blobs = _read_image_cells(path, camera, [start + i for i in frame_indices])
-        return [_encode(_open_image(path, camera, row, blob), settings) for row, blob in blobs]
-
-    return await asyncio.to_thread(work)
-
-
-def _read_image_cells(path: Path, camera: str, rows: list[int]) -> list[tuple[int, bytes]]:
-    cells: dict[int, bytes] = {}
-    try:
-        with pq.ParquetFile(path) as parquet:
-            by_group: dict[int, list[tuple[int, int]]] = {}
-            for row in sorted(set(rows)):
-                groups, offset = row_groups_covering(parquet.metadata, row, 1)
-                by_group.setdefault(groups[0], []).append((row, offset))
-            for group, members in by_group.items():
-                column = parquet.read_row_group(group, columns=[camera]).column(camera)
-                for row, offset in members:
-                    cells[row] = _image_bytes(path, camera, row, column[offset].as_py())
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(path, f"cannot read image column {camera!r} ({exc})") from exc
-    return [(row, cells[row]) for row in rows]
-
-
-def _image_bytes(path: Path, camera: str, row: int, cell: Any) -> bytes:
-    data = cell.get("bytes") if isinstance(cell, dict) else cell
-    if not isinstance(data, bytes | bytearray):
-        raise DatasetError(
-            path, f"row {row} of image camera {camera!r} holds no embedded image bytes"
-        )
-    return bytes(data)
-
-
-def _open_image(path: Path, camera: str, row: int, blob: bytes) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(blob)) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetError(
-            path, f"row {row} of image camera {camera!r} is not a readable image ({exc})"
-        ) from exc
+    return await _run(
+        pool,
+        encode_image_frames,
+        str(meta.root / episode.data_file),
+        camera,
+        [start + i for i in frame_indices],
+        settings.max_pixels,
+        settings.jpeg_quality,
+    )

@@ -35,7 +35,8 @@ from typing import Any, cast
 import structlog
 
 from narrator.common import keys
-from narrator.common.dataset.reader import DatasetMeta, read_episode_frames
+from narrator.common.dataset.meta import DatasetMeta
+from narrator.common.dataset.reader import read_episode_frames
 from narrator.common.errors import ContractError, ModuleFailedError, PermanentError, TransientError
 from narrator.common.job_specs import ModuleJob
 from narrator.common.logging import get_logger
@@ -45,7 +46,7 @@ from narrator.common.runs import RunRecord, load_run_async, text
 from narrator.common.staging import ModuleResult, check_module_rows
 from narrator.workers.answer_replay import ReplayingVLM
 from narrator.workers.context import WorkerContext
-from narrator.workers.frame_source import VideoFrameSource
+from narrator.workers.frame_source import EpisodeFrameSource
 from narrator.workers.modules.base import EpisodeContext, ModuleOutput, ModuleRunner
 from narrator.workers.publishing import publish, start_follow_ups
 from narrator.workers.vlm_client import count_into
@@ -118,11 +119,12 @@ async def annotate(
         frames=frames,
         task=task,
         fps=meta.fps,
-        cameras=tuple(c for c in meta.cameras if c.key in ep.videos),
+        # Image cameras always; video cameras the episodes table gives this episode a span of.
+        cameras=tuple(c for c in meta.cameras if c.dtype == "image" or c.key in ep.videos),
         settings=run.settings,
         prompts=run.prompts,
         model=run.model,
-        frame_source=VideoFrameSource(meta, ep, frames, run.settings.frames),
+        frame_source=EpisodeFrameSource(meta, ep, frames, run.settings.frames, ctx.frames),
         upstream={k: v for k, v in upstream.items() if v is not None},
     )
     client = ReplayingVLM(ctx.client, earlier.answers if earlier is not None else None)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import orjson
 
 from narrator.common import keys
-from narrator.common.dataset.reader import DatasetMeta
+from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.job_specs import PUBLISH_SCRIPT, ModuleJob
 from narrator.common.logging import get_logger
 from narrator.common.modules import dependents, spec

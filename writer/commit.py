@@ -26,11 +26,10 @@ from narrator.common.contract import (
 )
 from narrator.common.errors import DatasetError
 from narrator.common.logging import get_logger
+from narrator.common.state_dir import JOURNAL
 from narrator.writer.shard import fsync_path, remove_stale_temp_files, write_bytes_atomically
 
 log = get_logger(__name__)
-
-JOURNAL = "COMMIT.json"
 
 
 def updated_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -49,10 +48,6 @@ def updated_info(info: dict[str, Any]) -> dict[str, Any]:
 
 def info_text(info: dict[str, Any]) -> str:
     return json.dumps(info, indent=4, ensure_ascii=False) + "\n"
-
-
-def stage_dir(staging_dir: Path, run_id: str, generation: str) -> Path:
-    return Path(staging_dir) / run_id / generation
 
 
 def prepare_journal(root: Path, stage: Path, files: list[str]) -> Path:

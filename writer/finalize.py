@@ -1,81 +1,64 @@
 """The writer's rq job: validate a data file's staged rows and stage its rewritten shard.
 
-``finalize_file(run_id, data_file, generation)`` runs when every job of the file's episodes
-is done. It reads the staged module results, places each row on its frame with the
-timestamp copied from the shard's ``timestamp`` column, validates every episode (SPEC
-section 4), and writes the new shard into the run's staging directory. When the last file of
-the run is staged it commits the run (see :mod:`writer.commit`).
+``finalize_file(ctx, run_id, data_file, generation)`` runs when every job of the file's
+episodes is done; ``ctx`` is the writer process's :class:`~writer.context.WriterContext`. It
+reads the staged module results, assembles and validates the file's rows
+(:mod:`writer.assemble`), keeping the rows the shard already holds that the run does not own,
+and writes the new shard into the run's staging directory. When the last file of the run is
+staged it commits the run (:mod:`writer.commit`), drops the dataset's cached metadata and
+prunes the stages of superseded generations.
 
 Invariants:
 * A shard with a contract error is not written; the errors are stored for ``narrator
   status`` and the job fails without retry.
 * The file must be one the run registered: a payload naming another path is refused.
+* Which rows a shard already holds is read from the shard itself, every time: a shard
+  without language columns (never annotated, or only some shards were) holds none.
 * Running the job twice produces identical bytes.
+* A commit never swaps in fewer shards than the run has: a staged shard that went missing
+  is finalized again first.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
-from rq import get_current_job
 
 from narrator.common import keys
-from narrator.common.contract import LanguageRow, sort_events, sort_persistent
-from narrator.common.dataset.language import EpisodeLanguage, read_file_language
-from narrator.common.dataset.reader import (
-    DatasetMeta,
-    EpisodeFrames,
-    load_dataset_meta,
-    read_file_frames,
-)
-from narrator.common.errors import ContractError, PermanentError, SecurityError, TransientError
+from narrator.common.dataset.frame_sizes import FrameSizeProbe
+from narrator.common.dataset.language import read_file_language
+from narrator.common.dataset.reader import read_file_frames
+from narrator.common.errors import ContractError, SecurityError, TransientError
 from narrator.common.failed_items import commit_hold, read_tallies, record_hold
 from narrator.common.logging import get_logger
 from narrator.common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
+from narrator.common.queueing import enqueue_finalize_job
 from narrator.common.runs import RunRecord, load_run, load_run_files, text
-from narrator.common.staging import ModuleResult, StagedRow
-from narrator.common.validation import Finding, validate_episode
+from narrator.common.staging import ModuleResult
+from narrator.common.state_dir import (
+    JOURNAL,
+    check_dataset_writable,
+    prune_superseded_stages,
+    stage_dir,
+)
+from narrator.writer.assemble import assemble_file
 from narrator.writer.cleanup import forget_finished_jobs
-from narrator.writer.commit import commit, resume_commits, stage_dir
-from narrator.writer.merge import kept_rows, untouched_episodes, yield_to_interjections
+from narrator.writer.commit import commit, resume_commits
+from narrator.writer.context import WriterContext
+from narrator.writer.merge import untouched_episodes
 from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
 
 log = get_logger(__name__)
 
-_meta_cache: dict[tuple[str, str], DatasetMeta] = {}
-_meta_lock = threading.Lock()
 
-
-def _connection() -> redis.Redis:
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("finalize_file must run inside an rq job")
-    return job.connection
-
-
-def _meta(run: RunRecord) -> DatasetMeta:
-    key = (str(run.root), run.fingerprint)
-    with _meta_lock:
-        if key not in _meta_cache:
-            meta = load_dataset_meta(run.root)
-            if meta.fingerprint() != run.fingerprint:
-                raise PermanentError(
-                    f"the dataset at {run.root} changed since run {run.run_id} was enqueued; "
-                    "enqueue it again"
-                )
-            _meta_cache[key] = meta
-        return _meta_cache[key]
-
-
-def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any]:
-    conn = _connection()
+def finalize_file(
+    ctx: WriterContext, run_id: str, data_file: str, generation: str
+) -> dict[str, Any]:
+    conn = ctx.conn
     run = load_run(conn, run_id)
     if run.generation != generation:
         log.info("finalize_superseded", run=run_id, file=data_file)
@@ -84,15 +67,26 @@ def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any
     if data_file not in files:
         raise SecurityError(f"run {run_id} has no data file {data_file!r}; refusing to touch it")
     started = time.monotonic()
-    meta = _meta(run)
+    meta = ctx.datasets.meta(run)
+    if (run_id, generation) not in ctx.checked:
+        check_dataset_writable(meta, run.staging_dir)
+        ctx.checked.add((run_id, generation))
     episodes = files[data_file]
     results = _load_results(conn, run, episodes)
     frames = read_file_frames(meta, data_file)
-    existing = (
-        read_file_language(meta, data_file) if meta.language_columns_state == "current" else {}
-    )
+    existing = read_file_language(meta, data_file, absent_ok=True)
+    probe = FrameSizeProbe(meta)
+    for message in probe.mismatches(episodes):
+        log.warning("frame_size_mismatch", run=run_id, file=data_file, problem=message)
     persistent, events, findings = assemble_file(
-        run, meta, episodes, frames, results, existing=existing
+        list(run.module_hashes),
+        [c.key for c in meta.cameras],
+        episodes,
+        frames,
+        results,
+        existing=existing,
+        frame_sizes={e: probe.sizes(e) for e in episodes},
+        plans=run.settings.plan.emit_plan,
     )
     # An --only-episodes run: the file's other episodes are written back as they were.
     kept_persistent, kept_events = untouched_episodes(existing, list(frames), episodes)
@@ -116,17 +110,25 @@ def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any
     ranges = [EpisodeRange(e, f.row_start, len(f.timestamp)) for e, f in frames.items()]
     columns = language_columns(n_rows, ranges, persistent, events)
     stage = stage_dir(run.staging_dir, run_id, generation)
-    write_language_shard(run.root / data_file, stage / data_file, columns)
+    try:
+        write_language_shard(run.root / data_file, stage / data_file, columns)
+    except OSError:
+        # A new generation was enqueued meanwhile and its producer pruned this stage.
+        if load_run(conn, run_id).generation != generation:
+            log.info("finalize_superseded_while_writing", run=run_id, file=data_file)
+            return {"stale": True}
+        raise
     SHARDS_WRITTEN.inc()
     SHARD_WRITE_SECONDS.observe(time.monotonic() - started)
     conn.hset(keys.staged_files(run_id), data_file, generation)
     log.info("shard_staged", run=run_id, file=data_file, rows=n_rows, warnings=len(findings))
-    maybe_commit(conn, run)
+    maybe_commit(ctx, run)
     return {"file": data_file, "rows": n_rows, "warnings": len(findings)}
 
 
-def maybe_commit(conn: redis.Redis, run: RunRecord) -> bool:
+def maybe_commit(ctx: WriterContext, run: RunRecord) -> bool:
     """Commit the run if every file is staged in the current generation."""
+    conn = ctx.conn
     with conn.lock(f"{keys.run(run.run_id)}:commit-lock", timeout=600, blocking_timeout=600):
         if text(conn.get(keys.committed(run.run_id))) == run.generation:
             return False
@@ -142,20 +144,40 @@ def maybe_commit(conn: redis.Redis, run: RunRecord) -> bool:
         if hold is not None:
             log.warning("commit_held", run=run.run_id, reason=hold)
             return False
-        commit(run.root, stage_dir(run.staging_dir, run.run_id, run.generation), list(files))
+        stage = stage_dir(run.staging_dir, run.run_id, run.generation)
+        if _refinalize_missing(conn, run, stage, list(files)):
+            return False
+        commit(run.root, stage, list(files))
         conn.set(keys.committed(run.run_id), run.generation)
         conn.hset(keys.run(run.run_id), "committed_at", repr(time.time()))
-    # Outside the lock: the commit is done; this only frees Redis memory (best effort).
+    # Outside the lock: the commit is done; what follows frees memory and disk (best effort).
+    ctx.datasets.invalidate(run.root)
+    prune_superseded_stages(run.staging_dir, run.run_id, run.generation)
     forget_finished_jobs(conn, run, files)
     return True
 
 
-def resume_interrupted(conn: redis.Redis, run: RunRecord) -> bool:
+def _refinalize_missing(conn: redis.Redis, run: RunRecord, stage: Path, files: list[str]) -> bool:
+    """Before a first commit attempt: files recorded as staged whose shard is not in the stage
+    (it was pruned, or the disk lost it) are finalized again; True if there were any."""
+    if (stage / JOURNAL).exists():
+        return False  # an interrupted commit: the shards may be in the dataset already
+    missing = [f for f in files if not (stage / f).exists()]
+    for data_file in missing:
+        log.warning("staged_shard_missing", run=run.run_id, file=data_file)
+        conn.hdel(keys.staged_files(run.run_id), data_file)
+        conn.hset(keys.finalize_claims(run.run_id), data_file, run.generation)
+        enqueue_finalize_job(conn, run.run_id, data_file, run.generation)
+    return bool(missing)
+
+
+def resume_interrupted(ctx: WriterContext, run: RunRecord) -> bool:
     """At writer start: finish a commit that a crash interrupted."""
     if resume_commits(run.root, run.staging_dir, run.run_id):
-        conn.set(keys.committed(run.run_id), run.generation)
+        ctx.conn.set(keys.committed(run.run_id), run.generation)
+        ctx.datasets.invalidate(run.root)
         return True
-    return maybe_commit(conn, run) if _all_staged(conn, run) else False
+    return maybe_commit(ctx, run) if _all_staged(ctx.conn, run) else False
 
 
 def _all_staged(conn: redis.Redis, run: RunRecord) -> bool:
@@ -178,87 +200,3 @@ def _load_results(
             raise TransientError(f"the {m} result of episode {e} is not staged yet")
         out[(m, e)] = ModuleResult.decode(data)
     return out
-
-
-def _to_row(row: StagedRow, timestamp: float | None) -> LanguageRow:
-    calls = (
-        tuple(orjson.dumps(c).decode() for c in row.tool_calls)
-        if row.tool_calls is not None
-        else None
-    )
-    return LanguageRow(
-        role=row.role,
-        content=row.content,
-        style=row.style,
-        timestamp=timestamp,
-        camera=row.camera,
-        tool_calls=calls,
-    )
-
-
-def assemble_file(
-    run: RunRecord,
-    meta: DatasetMeta,
-    episodes: list[int],
-    frames: dict[int, EpisodeFrames],
-    results: dict[tuple[str, int], ModuleResult],
-    existing: Mapping[int, EpisodeLanguage] | None = None,
-) -> tuple[dict[int, list[LanguageRow]], dict[int, dict[int, list[LanguageRow]]], list[Finding]]:
-    """Place staged rows on frames with the shard's timestamps, add the existing rows the run
-    does not own (see :mod:`writer.merge`), sort, and validate."""
-    cameras = {c.key for c in meta.cameras}
-    persistent: dict[int, list[LanguageRow]] = {}
-    events: dict[int, dict[int, list[LanguageRow]]] = {}
-    findings: list[Finding] = []
-    for ep in episodes:
-        ts = frames[ep].timestamp
-        p_rows: list[LanguageRow] = []
-        e_rows: dict[int, list[LanguageRow]] = defaultdict(list)
-        old = (existing or {}).get(ep)
-        if old is not None and len(old.timestamps) == len(ts):
-            keep_p, keep_e = kept_rows(
-                old.persistent, old.events_by_frame, [float(t) for t in ts], run.module_hashes
-            )
-            p_rows.extend(keep_p)
-            for frame, rows in keep_e.items():
-                e_rows[frame].extend(rows)
-        interjection_frames = {
-            row.frame
-            for module in run.module_hashes
-            for row in results[(module, ep)].rows
-            if row.style == "interjection"
-        }
-        interjection_frames |= {
-            f for f, rows in e_rows.items() if any(r.style == "interjection" for r in rows)
-        }
-        for module in run.module_hashes:
-            staged = results[(module, ep)].rows
-            if module == "plan":
-                staged = yield_to_interjections(staged, interjection_frames)
-            for row in staged:
-                if not 0 <= row.frame < len(ts):
-                    raise ContractError(f"episode {ep}: {module} row on missing frame {row.frame}")
-                if row.column == "persistent":
-                    p_rows.append(_to_row(row, float(ts[row.frame])))
-                else:
-                    e_rows[row.frame].append(_to_row(row, None))
-        vqa_types: dict[tuple[int, str], str] = {}
-        if ("vqa", ep) in results:
-            for asked in results[("vqa", ep)].extra.get("question_types", []):
-                vqa_types[(int(asked["frame"]), str(asked["camera"]))] = str(asked["type"])
-        persistent[ep] = sort_persistent(p_rows)
-        events[ep] = {f: sort_events(rows) for f, rows in sorted(e_rows.items())}
-        findings += validate_episode(
-            episode=ep,
-            frame_timestamps=[float(t) for t in ts],
-            persistent=persistent[ep],
-            events_by_frame=events[ep],
-            cameras=cameras,
-            vqa_types=vqa_types or None,
-            plans=run.settings.plan.emit_plan,
-        )
-    return persistent, events, findings
-
-
-def writer_data_root(run: RunRecord) -> Path:
-    return run.root

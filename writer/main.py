@@ -1,7 +1,9 @@
 """Entry point of the writer role: one rq worker on the writer's queue.
 
-At start it finishes any commit a crash interrupted, then processes finalize jobs one at a
-time (a single writer per dataset: only it writes the dataset).
+At start it builds the process's :class:`~writer.context.WriterContext` (Redis connection,
+dataset cache), finishes any commit a crash interrupted, then processes finalize jobs one at
+a time (a single writer per dataset: only it writes the dataset), handing the context to
+each job.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
 from narrator.common.logging import get_logger
 from narrator.common.metrics import start_metrics_server
-from narrator.common.rq_internals import HeartbeatWorker
+from narrator.common.rq_internals import ContextWorker
 from narrator.common.runs import load_run, text
+from narrator.writer.context import WriterContext
 from narrator.writer.finalize import resume_interrupted
+from narrator.writer.shard import use_returning_memory_pool
 
 log = get_logger(__name__)
 
 
-def recover(conn: redis.Redis) -> int:
+def recover(ctx: WriterContext) -> int:
     """Finish interrupted commits of every known run; returns how many were finished."""
+    conn = ctx.conn
     finished = 0
     for raw in conn.smembers(keys.RUNS):
         run_id = text(raw) or ""
@@ -32,7 +37,7 @@ def recover(conn: redis.Redis) -> int:
             log.warning("run_inspect_failed", run=run_id, error=str(exc))
             continue
         if text(conn.get(keys.committed(run_id))) != run.generation and resume_interrupted(
-            conn, run
+            ctx, run
         ):
             finished += 1
     return finished
@@ -43,11 +48,14 @@ def run_writer(config: NarratorConfig, *, burst: bool = False) -> None:
     if not url:
         raise ConfigError("narrator writer needs --redis-url (or NARRATOR_REDIS_URL)")
     start_metrics_server(config.metrics_port)
+    allocator = use_returning_memory_pool()
     conn = redis.Redis.from_url(url)
-    recovered = recover(conn)
-    log.info("writer_starting", recovered_commits=recovered)
-    worker = HeartbeatWorker(
+    ctx = WriterContext(conn=conn)
+    recovered = recover(ctx)
+    log.info("writer_starting", recovered_commits=recovered, arrow_allocator=allocator)
+    worker = ContextWorker(
         [keys.WRITER_QUEUE],
+        context=ctx,
         connection=conn,
         serializer=JSONSerializer,
     )

@@ -6,18 +6,25 @@ one slice at a time so an episode's persistent list is repeated per frame only f
 being written; :func:`build_language_columns` materialises them whole.
 Shell: :func:`write_language_shard` (and :func:`rewrite_shard` for materialised columns)
 streams the source shard into a temp file beside the destination, a run of equal-size row
-groups per call (:func:`row_group_batches`), fsyncs it and renames it into place.
+groups per call (:func:`row_group_batches`, :func:`batch_rows`: about
+:data:`BATCH_VALUES` repeated persistent rows per call), fsyncs it and renames it into place.
 
 Invariants:
-* Every other column keeps its values, order and row-group boundaries; the legacy
-  ``subtask_index`` and any previous language columns are dropped, the two new ones appended.
-* The compression codec(s) of the source are kept.
+* Every other column keeps its values, order, row-group boundaries and statistics; the legacy
+  ``subtask_index`` and any previous language columns are dropped, the two new ones appended
+  (without min/max statistics: no reader uses them).
+* The compression codec(s) of the source are kept; with per-column codecs every leaf of the
+  new columns gets the codec most source leaves use (:func:`language_leaf_paths`).
+* The new file has the mode (and, where permitted, owner) of the one it replaces.
 * A reader sees the old destination file or the new one, never a partial one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import stat
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +38,9 @@ import pyarrow.parquet as pq
 
 from narrator.common.contract import (
     COLUMN_TYPES,
-    EVENTS_COLUMN,
     EVENTS_COLUMN_TYPE,
     LANGUAGE_COLUMNS,
     LEGACY_SUBTASK_COLUMN,
-    PERSISTENT_COLUMN,
     PERSISTENT_COLUMN_TYPE,
     LanguageRow,
     rows_to_struct_array,
@@ -144,25 +149,69 @@ def build_language_columns(
 
 
 _DROPPED = {LEGACY_SUBTASK_COLUMN, *LANGUAGE_COLUMNS}
-BATCH_ROWS = 8192  # rows read and written per call when row groups are small
+BATCH_ROWS = 8192  # at most this many rows read and written per call (small row groups)
+BATCH_VALUES = 24_576  # and about this many persistent rows materialised per call
+MIN_BATCH_ROWS = 256
+
+
+def batch_rows(columns: LanguageColumns | _ArrayColumns, n_rows: int) -> int:
+    """Rows per read/write call: few enough that the repeated persistent lists of one call
+    stay near :data:`BATCH_VALUES` rows (the rewrite's memory is one call's worth), many
+    enough that the per-call cost stays small."""
+    if not isinstance(columns, LanguageColumns) or n_rows == 0:
+        return BATCH_ROWS
+    per_row = max(1.0, float(columns.p_counts.mean()))
+    return int(min(BATCH_ROWS, max(MIN_BATCH_ROWS, BATCH_VALUES / per_row)))
+
+
+def use_returning_memory_pool() -> str:
+    """Make Arrow allocate from jemalloc (else the system allocator), which gives freed memory
+    back to the system; pyarrow's default, mimalloc, kept ~70 MiB more resident across a shard
+    rewrite in the writer benchmark (tests/bench/bench_writer.py). Called once by the writer
+    process at start; returns the allocator's name."""
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
+    return str(pool.backend_name)
+
+
+@functools.cache
+def language_leaf_paths() -> tuple[str, ...]:
+    """The parquet leaf paths of the two language columns (``language_persistent.list.
+    element.role``, ...), as pyarrow names them: per-column codecs are keyed on these."""
+    schema = pa.schema([pa.field(name, COLUMN_TYPES[name]) for name in LANGUAGE_COLUMNS])
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        pa.Table.from_arrays(list(build_language_columns(0, [], {}, {})), schema=schema), sink
+    )
+    parquet_schema = pq.read_metadata(pa.BufferReader(sink.getvalue())).schema
+    return tuple(parquet_schema.column(i).path for i in range(len(parquet_schema)))
 
 
 def _codecs(meta: pq.FileMetaData) -> str | dict[str, str]:
-    """The source's compression: one codec for all columns, or one per top-level column."""
+    """The source's compression: one codec for all columns, or one per leaf column.
+
+    With per-column codecs every leaf of the two new columns gets the codec most of the
+    source's leaves use (the first such codec on a tie); a source without row groups gets
+    pyarrow's default, snappy."""
     if meta.num_row_groups == 0:
         return "snappy"
     rg = meta.row_group(0)
     per_column: dict[str, str] = {}
     for i in range(rg.num_columns):
         col = rg.column(i)
+        if col.path_in_schema.split(".", 1)[0] in _DROPPED:
+            continue
         codec = str(col.compression).lower()
         per_column[col.path_in_schema] = "none" if codec == "uncompressed" else codec
     counts = Counter(per_column.values())
-    if len(counts) == 1:
-        return next(iter(counts))
+    if len(counts) <= 1:
+        return next(iter(counts), "snappy")
     default = counts.most_common(1)[0][0]
-    per_column.setdefault(PERSISTENT_COLUMN, default)
-    per_column.setdefault(EVENTS_COLUMN, default)
+    for leaf in language_leaf_paths():
+        per_column[leaf] = default
     return per_column
 
 
@@ -242,6 +291,11 @@ def _write_shard(
     schema = output_schema(pf.schema_arrow)
     keep = [f.name for f in schema if f.name not in LANGUAGE_COLUMNS]
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    source_leaves = [
+        meta.schema.column(i).path
+        for i in range(meta.num_columns)
+        if meta.schema.column(i).path.split(".", 1)[0] not in _DROPPED
+    ]
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(dst)
     try:
@@ -250,23 +304,40 @@ def _write_shard(
             schema,
             compression=_codecs(meta),
             version=meta.format_version if meta.format_version in ("1.0", "2.4", "2.6") else "2.6",
+            # Min/max statistics of the language leaves serve no reader and cost a third of
+            # the write; the source columns keep theirs (readers skip row groups with them).
+            write_statistics=source_leaves or False,
         ) as writer:
             offset = 0
-            for groups, group_rows in row_group_batches(sizes, BATCH_ROWS):
+            for groups, group_rows in row_group_batches(sizes, batch_rows(columns, n_rows)):
                 batch = pf.read_row_groups(groups, columns=keep)
                 n = batch.num_rows
                 persistent_part, events_part = columns.slice(offset, n)
-                table = batch.append_column(
-                    schema.field(PERSISTENT_COLUMN), persistent_part
-                ).append_column(schema.field(EVENTS_COLUMN), events_part)
-                writer.write_table(table.cast(schema), row_group_size=max(group_rows, 1))
+                table = pa.Table.from_arrays(
+                    [*batch.columns, persistent_part, events_part], schema=schema
+                )
+                writer.write_table(table, row_group_size=max(group_rows, 1))
                 offset += n
+        keep_mode(src, tmp)
         fsync_path(tmp)
         tmp.replace(dst)
         fsync_path(dst.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def keep_mode(original: Path, replacement: Path) -> None:
+    """Give ``replacement`` the permission bits of ``original`` (and its owner and group when
+    this process may set them), so a rewritten file looks to its users as it did."""
+    try:
+        st = original.stat()
+    except FileNotFoundError:
+        return
+    replacement.chmod(stat.S_IMODE(st.st_mode))
+    if hasattr(os, "chown"):
+        with contextlib.suppress(PermissionError):
+            os.chown(replacement, st.st_uid, st.st_gid)
 
 
 def fsync_path(path: Path) -> None:
@@ -291,10 +362,12 @@ def remove_stale_temp_files(path: Path) -> int:
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, keeping its mode when it exists."""
     tmp = _temp_path(path)
     with tmp.open("wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    keep_mode(path, tmp)
     tmp.replace(path)
     fsync_path(path.parent)

@@ -1,9 +1,9 @@
 """Pure rules for how episodes lie in a LeRobot v3 dataset's data files.
 
-Given what :mod:`common.dataset` read (episodes-table rows, parquet footers, frame columns),
-these functions build :class:`~common.dataset_meta.Episode` values, check that the episodes
-tile each data file, and check one episode's rows; when a data file and the episodes table
-disagree, :func:`layout_error` explains how (missing episode, split episode, wrong order).
+Given what :mod:`common.dataset.reader` read (episodes-table rows, parquet footers, frame
+columns), these functions build :class:`~common.dataset.meta.Episode` values, check that the
+episodes tile each data file, and check one episode's rows; when a data file and the episodes
+table disagree, :func:`layout_error` explains how (missing episode, split episode, wrong order).
 
 Invariants: no I/O; every problem is a :class:`~common.errors.DatasetError` that names the
 file, the problem and what to do.
@@ -20,17 +20,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from narrator.common.dataset.files import EPISODES_DIR, INFO_FILE, TASKS_FILE
 from narrator.common.dataset.meta import (
-    EPISODES_DIR,
     FRAME_COLUMNS,
-    INFO_FILE,
-    TASKS_FILE,
-    ColumnKind,
     Episode,
     EpisodeFrames,
     VideoSpan,
     format_path,
 )
+from narrator.common.dataset.schema import ColumnKind
 from narrator.common.errors import DatasetError
 
 EPISODE_COLUMNS: dict[str, ColumnKind] = {

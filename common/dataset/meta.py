@@ -1,37 +1,33 @@
-"""The value types of a LeRobot v3 dataset and the pure rules that derive them from its metadata.
+"""The value types of a LeRobot v3 dataset, and ``meta/info.json`` turned into them.
 
-``common.dataset`` reads the files; this module turns what was read into typed values:
-``meta/info.json`` into fps, cameras and path templates; Arrow schemas into "has the columns
-it needs, with usable types"; the metadata bytes into the dataset fingerprint; the data
-files' schemas into the state of existing language columns.
+:mod:`common.dataset.reader` reads the files and builds a :class:`DatasetMeta`; this module
+holds the types every role passes around (:class:`DatasetMeta`, :class:`Episode`,
+:class:`EpisodeFrames`, :class:`CameraInfo`, :class:`VideoSpan`) and the pure rules of
+``meta/info.json``: the codebase version, the required features, the cameras and their
+declared frame size, the path templates.
 
 Invariants:
-* No I/O here except :func:`fingerprint_of_root` (reads the three metadata inputs of the
-  fingerprint when a :class:`DatasetMeta` was built by hand without one).
+* No I/O here except :meth:`DatasetMeta.fingerprint` of a value built by hand without a
+  fingerprint (it reads the fingerprint's inputs, :mod:`common.dataset.fingerprint`).
 * Every problem is a :class:`~common.errors.DatasetError` naming the file, the problem and
   what the user can do about it.
-* The fingerprint ignores what annotating changes (the two language features, the legacy
-  ``subtask_index`` feature, the top-level ``tools``), so a run keeps its id across commits.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 
-from narrator.common.contract import COLUMN_TYPES, LANGUAGE_COLUMNS, LEGACY_SUBTASK_COLUMN
+from narrator.common.dataset.files import EPISODES_DIR, INFO_FILE
+from narrator.common.dataset.fingerprint import fingerprint_of_root
+from narrator.common.dataset.schema import LanguageState
 from narrator.common.errors import DatasetError
 
-INFO_FILE = "meta/info.json"
-TASKS_FILE = "meta/tasks.parquet"
-EPISODES_DIR = "meta/episodes"
 FRAME_COLUMNS: tuple[str, ...] = ("episode_index", "frame_index", "timestamp", "task_index")
 REQUIRED_FEATURES: dict[str, str] = {
     "episode_index": "int64",
@@ -41,19 +37,16 @@ REQUIRED_FEATURES: dict[str, str] = {
     "task_index": "int64",
 }
 CAMERA_DTYPES: tuple[str, str] = ("video", "image")
-_FINGERPRINT_IGNORED_FEATURES: frozenset[str] = frozenset(
-    {*LANGUAGE_COLUMNS, LEGACY_SUBTASK_COLUMN}
-)
 
-LanguageState = Literal["absent", "current", "legacy"]
-ColumnKind = Literal["int", "float", "float32", "string", "string_list"]
+FrameSize = tuple[int, int]  # (width, height) in pixels of a frame as stored
 
 
 @dataclass(frozen=True)
 class CameraInfo:
     key: str  # "observation.images.top"
     dtype: Literal["video", "image"]
-    height: int  # pixels of the frame as stored (from info.json shape/names)
+    height: int  # pixels as info.json declares them (shape/names); the stored frames may
+    # differ (common.dataset.frame_sizes): coordinates always follow the stored frames
     width: int
     depth: bool = False  # a depth map (is_depth_map in the feature's info): no RGB prompts
 
@@ -153,7 +146,24 @@ def parse_info(raw: bytes, path: Path) -> dict[str, Any]:
     return info
 
 
+CONVERTER = "lerobot.datasets.v30.convert_dataset_v21_to_v30"
+
+
+def _check_codebase_version(info: dict[str, Any], path: Path) -> None:
+    """narrator reads LeRobot v3.x datasets only (their layout is what the reader knows)."""
+    version = info.get("codebase_version")
+    if isinstance(version, str) and version.startswith("v3."):
+        return
+    found = f"codebase_version {version!r}" if version is not None else "no codebase_version"
+    raise DatasetError(
+        path,
+        f"has {found}; narrator reads LeRobot v3 datasets only: convert it with LeRobot's "
+        f"converter (python -m {CONVERTER} --repo-id=<repo>) and annotate the converted copy",
+    )
+
+
 def _check_info_keys(info: dict[str, Any], path: Path) -> None:
+    _check_codebase_version(info, path)
     missing = [k for k in ("fps", "features", "data_path") if k not in info]
     if missing:
         raise DatasetError(
@@ -250,116 +260,3 @@ def format_path(template: str, info_path: Path, **fields: Any) -> str:
             f"path template {template!r} cannot be filled ({exc!r}); it may use only "
             f"{sorted(fields)}",
         ) from None
-
-
-# --- Arrow schemas -------------------------------------------------------------------------
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
-
-
-def column_kind_matches(t: pa.DataType, kind: ColumnKind) -> bool:
-    if kind == "int":
-        return bool(pa.types.is_integer(t))
-    if kind == "float":
-        return bool(pa.types.is_floating(t))
-    if kind == "float32":
-        return bool(t == pa.float32())
-    if kind == "string":
-        return _is_string(t)
-    return bool((pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_string(t.value_type))
-
-
-_KIND_WORDS: dict[str, str] = {
-    "int": "an integer type",
-    "float": "a floating-point type",
-    "float32": "float32",
-    "string": "string",
-    "string_list": "list<string>",
-}
-
-
-def require_columns(schema: pa.Schema, required: Mapping[str, ColumnKind], path: Path) -> None:
-    """Raise if a required column is missing or has an unusable type."""
-    missing = [name for name in required if schema.get_field_index(name) < 0]
-    if missing:
-        raise DatasetError(
-            path,
-            f"missing required column(s) {missing}; a LeRobot v3 file of this kind has "
-            f"{sorted(required)}. Re-export or convert the dataset with LeRobot v3 tooling",
-        )
-    for name, kind in required.items():
-        found = schema.field(name).type
-        if not column_kind_matches(found, kind):
-            raise DatasetError(
-                path,
-                f"column {name!r} has type {found} but must be {_KIND_WORDS[kind]}; "
-                "convert the column (LeRobot v3 stores it that way)",
-            )
-
-
-def language_state(
-    info: Mapping[str, Any], schemas: Mapping[str, pa.Schema]
-) -> tuple[LanguageState, tuple[str, str] | None]:
-    """Whether the data files already hold language columns of the current contract types.
-
-    ``schemas`` maps a data file (relative path) to its Arrow schema. "legacy" comes with the
-    file and the problem, worded for the user.
-    """
-    advice = (
-        "this dataset was annotated by an older schema. Remove the language_persistent and "
-        "language_events columns from the data files and their entries from meta/info.json "
-        "features (or start again from the un-annotated dataset), then run narrator again"
-    )
-    features = info.get("features", {})
-    for name in LANGUAGE_COLUMNS:
-        declared = features.get(name)
-        if declared is not None and declared.get("dtype") != "language":
-            problem = f"feature {name!r} has dtype {declared.get('dtype')!r}, not 'language'"
-            return "legacy", (INFO_FILE, f"{problem}; {advice}")
-    present = any(name in features for name in LANGUAGE_COLUMNS)
-    for rel, schema in sorted(schemas.items()):
-        for name in LANGUAGE_COLUMNS:
-            index = schema.get_field_index(name)
-            if index < 0:
-                continue
-            present = True
-            found = schema.field(name).type
-            if found != COLUMN_TYPES[name]:
-                problem = f"column {name!r} has type {found}, expected {COLUMN_TYPES[name]}"
-                return "legacy", (rel, f"{problem}; {advice}")
-    return ("current" if present else "absent"), None
-
-
-# --- fingerprint ---------------------------------------------------------------------------
-
-
-def fingerprint_info_text(info: Mapping[str, Any]) -> bytes:
-    """info.json without what annotating changes, as canonical JSON bytes."""
-    reduced = {k: v for k, v in info.items() if k != "tools"}
-    features = info.get("features")
-    if isinstance(features, dict):
-        reduced["features"] = {
-            k: v for k, v in features.items() if k not in _FINGERPRINT_IGNORED_FEATURES
-        }
-    return json.dumps(reduced, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def compute_fingerprint(info: Mapping[str, Any], meta_files: Sequence[tuple[str, bytes]]) -> str:
-    """sha256 over the named metadata files' bytes (sorted by name) and the reduced info.json."""
-    digest = hashlib.sha256()
-    for name, blob in sorted(meta_files):
-        digest.update(f"{name}\0{len(blob)}\0".encode())
-        digest.update(blob)
-    digest.update(b"meta/info.json\0")
-    digest.update(fingerprint_info_text(info))
-    return digest.hexdigest()[:16]
-
-
-def fingerprint_of_root(root: Path, info: Mapping[str, Any]) -> str:
-    """Read the fingerprint's inputs (episodes files, tasks file) from disk and hash them."""
-    blobs = [(TASKS_FILE, (root / TASKS_FILE).read_bytes())]
-    for path in sorted((root / EPISODES_DIR).rglob("*.parquet")):
-        blobs.append((path.relative_to(root).as_posix(), path.read_bytes()))
-    return compute_fingerprint(info, blobs)

@@ -1,9 +1,13 @@
 """Reading a LeRobot v3 dataset: metadata, episode layout and per-frame timestamps.
 
-The I/O shell around :mod:`common.dataset_meta` (value types, info.json rules). It reads only
-what narrator needs: ``meta/info.json``, ``meta/tasks.parquet``, the episodes tables, the
-footers of the data files, and (per episode or per file) the four columns
-``episode_index``, ``frame_index``, ``timestamp`` and ``task_index``.
+The I/O shell of the package: it reads the files and hands the bytes and tables to the pure
+modules (:mod:`~common.dataset.meta` for info.json and the value types,
+:mod:`~common.dataset.schema`, :mod:`~common.dataset.layout`,
+:mod:`~common.dataset.fingerprint`). It reads only what narrator needs: ``meta/info.json``,
+``meta/tasks.parquet``, the episodes tables, the footers of the data files, and (per episode
+or per file) the four columns ``episode_index``, ``frame_index``, ``timestamp`` and
+``task_index``. It never lists the dataset's directories beyond ``meta/episodes/`` and
+``data/`` (so narrator's own ``ROOT/.narrator/`` is never read as data).
 
 Invariants:
 * Nothing here writes to the dataset.
@@ -27,6 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from narrator.common.contract import LEGACY_SUBTASK_COLUMN
+from narrator.common.dataset.files import DATA_DIR, EPISODES_DIR, INFO_FILE, TASKS_FILE
+from narrator.common.dataset.fingerprint import compute_fingerprint
 from narrator.common.dataset.layout import (
     DATA_COLUMNS,
     EPISODE_COLUMNS,
@@ -42,37 +48,17 @@ from narrator.common.dataset.layout import (
     video_camera,
 )
 from narrator.common.dataset.meta import (
-    EPISODES_DIR,
     FRAME_COLUMNS,
-    INFO_FILE,
-    TASKS_FILE,
     CameraInfo,
     DatasetMeta,
     Episode,
     EpisodeFrames,
-    LanguageState,
-    VideoSpan,
     cameras_from_info,
-    compute_fingerprint,
-    language_state,
     parse_info,
-    require_columns,
 )
+from narrator.common.dataset.schema import language_state, require_columns
 from narrator.common.errors import DatasetError
 from narrator.common.logging import get_logger
-
-__all__ = [
-    "CameraInfo",
-    "DatasetMeta",
-    "Episode",
-    "EpisodeFrames",
-    "LanguageState",
-    "VideoSpan",
-    "check_language_columns",
-    "load_dataset_meta",
-    "read_episode_frames",
-    "read_file_frames",
-]
 
 _log = get_logger(__name__)
 
@@ -326,8 +312,8 @@ def _check_data_file(
         raise DatasetError(path, f"cannot be read as parquet ({exc}); {_RESTORE}") from exc
     require_columns(schema, DATA_COLUMNS, path)
     for cam in cameras:
-        if cam.dtype == "image" and schema.get_field_index(cam.key) < 0:
-            raise DatasetError(path, f"lacks the column of image camera {cam.key!r}")
+        if cam.dtype == "image":
+            _check_image_column(path, schema, cam.key)
     expected = sum(e.length for e in episodes)
     if metadata.num_rows != expected or not statistics_agree(metadata, episodes):
         column = _read_column(path, "episode_index")
@@ -336,9 +322,31 @@ def _check_data_file(
     return schema
 
 
+def _check_image_column(path: Path, schema: pa.Schema, key: str) -> None:
+    """An image camera's column holds LeRobot's ``{bytes, path}`` struct (or plain bytes)."""
+    if schema.get_field_index(key) < 0:
+        raise DatasetError(path, f"lacks the column of image camera {key!r}")
+    kind = schema.field(key).type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return
+    if pa.types.is_struct(kind):
+        index = kind.get_field_index("bytes")
+        if index >= 0 and (
+            pa.types.is_binary(kind.field(index).type)
+            or pa.types.is_large_binary(kind.field(index).type)
+        ):
+            return
+    raise DatasetError(
+        path,
+        f"column of image camera {key!r} has type {kind}; narrator reads images embedded as "
+        "LeRobot writes them (struct<bytes: binary, path: string>). Images stored as files "
+        "beside the dataset are not supported: embed them or encode the camera as a video",
+    )
+
+
 def _check_no_orphan_data_files(root: Path, files: Mapping[str, list[Episode]]) -> None:
     """Every parquet file under data/ must hold episodes of the episodes table."""
-    data_dir = root / "data"
+    data_dir = root / DATA_DIR
     found = sorted(data_dir.rglob("*.parquet")) if data_dir.is_dir() else []
     for path in found:
         if path.relative_to(root).as_posix() not in files:

@@ -4,7 +4,10 @@
 columns it needs (``episode_index``, ``frame_index``, ``timestamp`` and the two language
 columns), checks what only the files can show (column types, info.json features, the ``say``
 tool, no legacy ``subtask_index``, one identical persistent list per episode) and then runs
-:func:`common.validation.validate_episode` on every episode.
+:func:`common.validation.validate_episode` on every episode, with the frame sizes as stored
+(video stream headers, one embedded image per data file) so that VQA boxes and points are
+checked against the frames, and :func:`common.validation.coverage_findings` (episodes
+without subtasks). A stored frame size that differs from info.json is a warning.
 
 Invariants:
 * Read-only: nothing under the dataset root is written.
@@ -38,8 +41,18 @@ from narrator.common.contract import (
     LanguageRow,
     row_from_dict,
 )
+from narrator.common.dataset.frame_sizes import FrameSizeProbe
+from narrator.common.dataset.meta import FrameSize
+from narrator.common.dataset.reader import load_dataset_meta
+from narrator.common.errors import DatasetError
 from narrator.common.logging import get_logger
-from narrator.common.validation import RULES, Finding, Severity, validate_episode
+from narrator.common.validation import (
+    RULES,
+    Finding,
+    Severity,
+    coverage_findings,
+    validate_episode,
+)
 
 log = get_logger(__name__)
 
@@ -52,6 +65,8 @@ DATASET_RULES: dict[str, Severity] = {
     "say_tool": "error",
     "legacy_subtask_index": "error",
     "persistent_not_constant": "error",
+    "frame_size_mismatch": "warning",
+    "frame_size_unknown": "warning",
 }
 FRAME_COLUMNS = ("episode_index", "frame_index", "timestamp")
 DATASET_LEVEL = -1
@@ -105,9 +120,6 @@ class CheckReport:
             rule: {"severity": severity.get(rule, "error"), "count": n}
             for rule, n in sorted(counts.items())
         }
-
-    def findings_of(self, episode: int) -> list[Finding]:
-        return [f for f in self.findings if f.episode == episode]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -317,6 +329,24 @@ def _stats(ep: _EpisodeData) -> EpisodeStats:
     return stats
 
 
+def _frame_sizes(root: Path, out: list[Finding]) -> dict[int, dict[str, FrameSize]] | None:
+    """Stored frame sizes per episode and camera (for the VQA coordinate rule), with a warning
+    per camera and file whose stored size differs from info.json; None when the dataset's
+    layout cannot be read (its other findings say why)."""
+    try:
+        meta = load_dataset_meta(root)
+    except DatasetError as exc:
+        out.append(_dataset_finding("frame_size_unknown", f"frame sizes not checked: {exc}"))
+        return None
+    probe = FrameSizeProbe(meta)
+    sizes = {episode: probe.sizes(episode) for episode in meta.episodes}
+    for message in probe.mismatches(meta.episodes):
+        out.append(_dataset_finding("frame_size_mismatch", message))
+    for problem in probe.problems:
+        out.append(_dataset_finding("frame_size_unknown", f"frame size not read: {problem}"))
+    return sizes
+
+
 def check_annotated_dataset(root: Path) -> CheckReport:
     """Check every data shard and ``meta/info.json`` of the dataset at ``root``."""
     root = Path(root)
@@ -331,6 +361,7 @@ def check_annotated_dataset(root: Path) -> CheckReport:
     for path in shards:
         _read_shard(path, path.relative_to(root).as_posix(), data, report.findings)
         report.files_checked += 1
+    sizes = _frame_sizes(root, report.findings) if cameras and data else None
     for episode in sorted(data):
         ep = data[episode]
         report.findings.extend(
@@ -344,6 +375,12 @@ def check_annotated_dataset(root: Path) -> CheckReport:
                 # row at all was annotated with plans off (with plans on, every subtask start
                 # has one), so its interjections need none.
                 plans=any(r.style == "plan" for r in ep.persistent or []),
+                frame_sizes=(sizes or {}).get(episode),
+            )
+        )
+        report.findings.extend(
+            coverage_findings(
+                episode=episode, frames=len(ep.timestamps), persistent=ep.persistent or []
             )
         )
         report.episodes[episode] = _stats(ep)

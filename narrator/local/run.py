@@ -36,12 +36,14 @@ from narrator.common.job_specs import CommitPolicy, JobOptions
 from narrator.common.logging import get_logger, redact_text
 from narrator.common.prompts import load_prompts
 from narrator.common.runs import RunRecord, default_state_dir, load_run
+from narrator.common.state_dir import check_dataset_writable
 from narrator.local.children import spawn_role, stop_children
 from narrator.local.progress import Reporter, watch_run
 from narrator.local.redis_server import LocalRedis
 from narrator.local.run_lock import RunLock
 from narrator.ops.status import RunStatus, read_status
 from narrator.producer.enqueue import enqueue_run
+from narrator.producer.selection import check_selection
 
 log = get_logger(__name__)
 
@@ -117,7 +119,12 @@ def annotate(
     root = Path(root).resolve()
     meta = load_dataset_meta(root)  # fail early, with the file and the problem
     check_language_columns(meta)  # language columns of an older schema: refuse, say which
+    selection = config.episode_selection()
+    if selection is not None:
+        check_selection(selection, meta.episodes)  # an episode it lacks: before any work
     state_dir = Path(config.state_dir or default_state_dir(root))
+    staging_dir = Path(config.staging_dir or state_dir / "staging")
+    check_dataset_writable(meta, staging_dir)  # read-only, or staging on another filesystem
     prompts = load_prompts(config.prompt_dir)  # every placeholder checked now, not at job time
     say = reporter or Reporter(show_progress=progress, interval_s=config.progress_interval_s)
     say.say(
@@ -149,9 +156,9 @@ def annotate(
             model=model,
             options=JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries),
             policy=CommitPolicy(config.failed_items_threshold, config.allow_failed_items),
-            staging_dir=Path(config.staging_dir or state_dir / "staging"),
+            staging_dir=staging_dir,
             meta=meta,
-            only_episodes=config.episode_selection(),
+            only_episodes=selection,
         )
         record = load_run(conn, summary.run_id)
         if summary.complete:

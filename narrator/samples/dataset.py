@@ -8,7 +8,9 @@ differently on purpose (a video file holds one episode more than a data file), s
 must follow the episodes table rather than assume the two line up.
 
 Every video frame carries a code band (:mod:`narrator.samples.video`) that says which frame of
-which episode it is, so decode tests can check they got the right frame.
+which episode it is, so decode tests can check they got the right frame. Optional image
+cameras (``image_cameras``) embed PNG frames in the data files, coded with the episode and the
+episode-relative frame index.
 
 Options the module tests need, all off by default (the defaults' bytes do not change):
 ``depth_camera`` adds ``observation.images.depth``, a video camera marked as LeRobot marks
@@ -24,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from narrator.common.logging import get_logger
 from narrator.samples.video import CODE_BAND_ROWS, CODE_BITS, pick_codec, scene_frame, write_video
@@ -125,6 +129,7 @@ def _info(
     codec_name: str | None,
     legacy: bool,
     total_tasks: int,
+    image_keys: list[str],
 ) -> dict[str, Any]:
     joints = [f"joint_{i}" for i in range(_STATE_DIM)]
     features: dict[str, Any] = {
@@ -145,6 +150,8 @@ def _info(
                 "has_audio": False,
             },
         }
+    for key in image_keys:
+        features[key] = _feature("image", [height, width, 3], ["height", "width", "channels"])
     features["timestamp"] = _feature("float32", [1])
     for name in ("frame_index", "episode_index", "index", "task_index"):
         features[name] = _feature("int64", [1])
@@ -172,7 +179,38 @@ def _fixed_list(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, _STATE_DIM)
 
 
-def _data_table(plans: list[_EpisodePlan], fps: int, legacy: bool) -> pa.Table:
+IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+
+def _image_column(plans: list[_EpisodePlan], camera: int, width: int, height: int) -> pa.Array:
+    """PNG frames in LeRobot's image struct, coded like the video frames (frame k of an episode
+    carries the code of frame k, see :mod:`narrator.samples.video`)."""
+    cells: list[dict[str, Any]] = []
+    for p in plans:
+        for i in range(p.length):
+            frame = scene_frame(
+                width,
+                height,
+                file_frame=i,
+                episode=p.index,
+                progress=i / max(1, p.length - 1),
+                task_index=p.task_index,
+                camera=camera,
+            )
+            png = io.BytesIO()
+            Image.fromarray(frame).save(png, format="PNG")
+            cells.append({"bytes": png.getvalue(), "path": f"frame_{p.index:06d}_{i:06d}.png"})
+    return pa.array(cells, type=IMAGE_TYPE)
+
+
+def _data_table(
+    plans: list[_EpisodePlan],
+    fps: int,
+    legacy: bool,
+    images: dict[str, tuple[int, int, int]] | None = None,
+) -> pa.Table:
+    """The data file of ``plans``; ``images`` maps an image camera key to (camera number,
+    width, height) for a column of embedded frames."""
     frame_index = np.concatenate([np.arange(p.length, dtype=np.int64) for p in plans])
     episode_index = np.concatenate([np.full(p.length, p.index, np.int64) for p in plans])
     task_index = np.concatenate([np.full(p.length, p.task_index, np.int64) for p in plans])
@@ -184,6 +222,10 @@ def _data_table(plans: list[_EpisodePlan], fps: int, legacy: bool) -> pa.Table:
     columns: dict[str, tuple[pa.DataType, pa.Array]] = {
         "action": (vector, _fixed_list(state + 0.05)),
         "observation.state": (vector, _fixed_list(state)),
+    }
+    for key, (camera, width, height) in (images or {}).items():
+        columns[key] = (IMAGE_TYPE, _image_column(plans, camera, width, height))
+    columns |= {
         "timestamp": (
             pa.float32(),
             pa.array((frame_index / fps).astype(np.float32), type=pa.float32()),
@@ -337,11 +379,11 @@ def _frame(key: str, width: int, height: int, **scene: Any) -> np.ndarray:
 
 def _check_arguments(arguments: dict[str, int]) -> None:
     for name, value in arguments.items():
-        minimum = 0 if name == "cameras" else 1
+        minimum = 0 if name in ("cameras", "image_cameras") else 1
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    if arguments["cameras"] > len(CAMERA_NAMES):
-        raise ValueError(f"cameras must be at most {len(CAMERA_NAMES)}")
+    if arguments["cameras"] + arguments["image_cameras"] > len(CAMERA_NAMES):
+        raise ValueError(f"cameras + image_cameras must be at most {len(CAMERA_NAMES)}")
     if arguments["min_length"] > arguments["max_length"]:
         raise ValueError("min_length must not exceed max_length")
     width, height = arguments["width"], arguments["height"]
@@ -370,17 +412,24 @@ def make_sample_dataset(
     metadata_only: bool = False,
     depth_camera: bool = False,
     placeholder_tasks: bool = False,
+    image_cameras: int = 0,
 ) -> Path:
     """Write a synthetic LeRobot v3 dataset at ``root`` (absent or empty) and return ``root``.
 
     ``metadata_only`` writes meta/ and data/ only and declares no cameras. ``depth_camera``
     adds a depth camera after the ``cameras`` RGB ones; ``placeholder_tasks`` uses
-    :data:`PLACEHOLDER_TASKS` as the task texts (see the module doc).
+    :data:`PLACEHOLDER_TASKS` as the task texts (see the module doc). ``image_cameras`` adds
+    cameras stored as images (``dtype: image``: PNG frames embedded in the data files, in
+    LeRobot's ``{bytes, path}`` struct) after the ``cameras`` video cameras; with the default
+    0 the dataset is byte for byte what it was without the option.
     """
+    if metadata_only and image_cameras:
+        raise ValueError("metadata_only declares no cameras; image_cameras needs it off")
     _check_arguments(
         {
             "episodes": episodes,
             "cameras": cameras,
+            "image_cameras": image_cameras,
             "fps": fps,
             "episodes_per_file": episodes_per_file,
             "chunks_size": chunks_size,
@@ -396,6 +445,10 @@ def make_sample_dataset(
     rng = np.random.default_rng(seed)
     plans = _plan_episodes(rng, episodes, episodes_per_file, (min_length, max_length))
     keys = [] if metadata_only else [f"observation.images.{n}" for n in CAMERA_NAMES[:cameras]]
+    image_names = CAMERA_NAMES[cameras : cameras + image_cameras]
+    images = {
+        f"observation.images.{n}": (cameras + i, width, height) for i, n in enumerate(image_names)
+    }
     if depth_camera and not metadata_only:
         keys.append(DEPTH_CAMERA)
     tasks = PLACEHOLDER_TASKS if placeholder_tasks else TASKS
@@ -411,6 +464,7 @@ def make_sample_dataset(
         codec_name,
         with_legacy_subtask_index,
         len(tasks),
+        list(images),
     )
     (root / "meta").mkdir(parents=True, exist_ok=True)
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4) + "\n", encoding="utf-8")
@@ -426,7 +480,7 @@ def make_sample_dataset(
         _write_parquet(table, root / EPISODES_PATH.format(chunk_index=chunk, file_index=file))
     for number, members in _group(plans, lambda p: p.data_number).items():
         chunk, file = _chunk_file(number, chunks_size)
-        table = _data_table(members, fps, with_legacy_subtask_index)
+        table = _data_table(members, fps, with_legacy_subtask_index, images)
         _write_parquet(table, root / DATA_PATH.format(chunk_index=chunk, file_index=file))
     if encoder is not None:
         _write_videos(
@@ -444,6 +498,7 @@ def make_sample_dataset(
         root=str(root),
         episodes=episodes,
         cameras=len(keys),
+        image_cameras=len(images),
         codec=encoder,
     )
     return root

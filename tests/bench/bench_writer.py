@@ -5,19 +5,21 @@ quick: ~170 episodes). It is measured in two row-group layouts: as generated (32
 the worst case for per-group overhead) and with 1000-row groups (what ``datasets`` writes).
 Each measurement runs in a fresh Python process (``--child``) so its peak RSS is its own:
 
-* ``rewrite``: what the writer does - :func:`writer.shard.language_columns` (from
-  per-episode rows prepared before the clock starts: 11 persistent rows and ~27 event rows per
-  episode, like a real run) + :func:`writer.shard.write_language_shard`;
-* ``plain``: ``pq.read_table`` + ``pq.write_table`` (same codec and group size) of the
-  annotated shard the rewrite produced - the same bytes to read and write with no narrator
-  code in between; this is the baseline of the 1.5x limit. The plain read + write of the
-  source shard is reported too, but the annotated shard holds ~10x more data (each frame
-  repeats its episode's persistent rows), so that ratio measures the data, not the writer.
+* ``rewrite``: what the writer does - its Arrow allocator
+  (:func:`writer.shard.use_returning_memory_pool`), :func:`writer.shard.language_columns`
+  (from per-episode rows prepared before the clock starts: 11 persistent rows and ~27 event
+  rows per episode, like a real run) + :func:`writer.shard.write_language_shard`;
+* ``plain``: ``pq.read_table`` + ``pq.write_table`` (same codec and group size, pyarrow's
+  defaults otherwise) of the *source* shard - the baseline of the limits - and, for the
+  reading of the figures, of the annotated shard the rewrite produced (the same bytes to
+  write with no narrator code in between).
 
-Reported per layout: median wall and CPU time of each (limit: rewrite <= 1.5 x plain read +
-write of the annotated shard), and peak RSS of the rewrite above the child's baseline (taken
-after imports and a tiny warm-up read + write) against the annotated shard's in-memory
-(Arrow) size (limit <= 2 x).
+Limits, per layout: rewrite wall time <= 1.5 x the plain read + write of the source shard;
+peak RSS of the rewrite above the child's baseline (taken after imports and a tiny warm-up
+read + write) <= 2 x the source shard's in-memory (Arrow) size. The annotated shard holds
+several times the source's data (each frame repeats its episode's persistent rows, as the
+contract requires), so the figures against the annotated shard show how much of the time is
+the writing of that data itself (the floor), and the note says which limit binds and why.
 """
 
 from __future__ import annotations
@@ -111,7 +113,12 @@ def _warm_up(directory: Path) -> None:
 
 
 def _child(mode: str, src: Path, dst: Path) -> dict[str, Any]:
-    from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
+    from narrator.writer.shard import (
+        EpisodeRange,
+        language_columns,
+        use_returning_memory_pool,
+        write_language_shard,
+    )
 
     prepared: dict[str, Any] = {}
     if mode == "rewrite":
@@ -128,6 +135,8 @@ def _child(mode: str, src: Path, dst: Path) -> dict[str, Any]:
                 start = i
         prepared = {"n": len(episodes), "ranges": ranges, "p": persistent, "e": events}
         del frames
+    if mode == "rewrite":
+        use_returning_memory_pool()
     _warm_up(dst.parent)
     baseline = current_rss_bytes()
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -193,30 +202,43 @@ def bench(ctx: BenchContext) -> BenchResult:
         cpu = {k: median([r["cpu_seconds"] for r in v]) for k, v in
                (("rewrite", rewrite), ("plain", plain_out), ("source", plain_src))}  # fmt: skip
         peak = max(r["peak_rss"] - r["baseline_rss"] for r in rewrite)
+        plain_peak = max(r["peak_rss"] - r["baseline_rss"] for r in plain_src)
+        peak_mib, source_mib = peak / 2**20, source_bytes / 2**20
         note = (
             f"{meta.num_rows:,} frames, {meta.num_row_groups} row groups, {episodes} episodes; "
             f"median of {repeats} fresh processes; CPU s: rewrite {cpu['rewrite']:.2f}, plain "
-            f"annotated {cpu['plain']:.2f}, plain source {cpu['source']:.2f}"
+            f"source {cpu['source']:.2f}, plain annotated {cpu['plain']:.2f}"
         )
         out.add(NAME, f"{label}: rewrite (columns + write)", wall["rewrite"], "s", note=note)
-        out.add(NAME, f"{label}: plain read+write of the annotated shard", wall["plain"], "s")
+        out.add(NAME, f"{label}: plain read+write of the source shard", wall["source"], "s")
         out.add(
-            NAME, f"{label}: rewrite / plain (annotated)", wall["rewrite"] / wall["plain"], "x",
-            "<= 1.5",
+            NAME, f"{label}: rewrite / plain (source)", wall["rewrite"] / wall["source"], "x",
+            "<= 1.5", note=_binding_time(wall, shard_bytes / source_bytes),
         )  # fmt: skip
-        out.add(NAME, f"{label}: same in CPU time", cpu["rewrite"] / cpu["plain"], "x")
+        out.add(NAME, f"{label}: same in CPU time", cpu["rewrite"] / cpu["source"], "x")
         out.add(
-            NAME, f"{label}: rewrite / plain read+write of the source shard",
-            wall["rewrite"] / wall["source"], "x",
+            NAME, f"{label}: rewrite / plain read+write of the annotated shard",
+            wall["rewrite"] / wall["plain"], "x",
         )  # fmt: skip
         out.add(
             NAME,
-            f"{label}: rewrite peak memory / annotated shard in memory",
-            peak / shard_bytes,
+            f"{label}: rewrite peak memory / source shard in memory",
+            peak / source_bytes,
             "x",
             "<= 2.0",
-            note=f"peak {peak / 2**20:.0f} MiB above the child's baseline; annotated shard "
-            f"{shard_bytes / 2**20:.0f} MiB in Arrow, source shard {source_bytes / 2**20:.0f} MiB",
+            note=f"peak {peak_mib:.1f} MiB above the child's baseline; source shard "
+            f"{source_mib:.1f} MiB in Arrow, annotated shard {shard_bytes / 2**20:.0f} MiB "
+            f"({peak / shard_bytes:.2f} x of it)",
+        )
+        out.add(
+            NAME,
+            f"{label}: rewrite peak memory / plain read+write (source) peak",
+            peak / max(plain_peak, 1),
+            "x",
+            note=f"a plain pyarrow read+write of the source shard peaks at "
+            f"{plain_peak / 2**20:.1f} MiB = {plain_peak / source_bytes:.1f} x the source's "
+            "Arrow size (row-group metadata, buffers): the 2 x limit is below what pyarrow "
+            "itself needs for this shard",
         )
         out.details[label] = {
             "frames": meta.num_rows,
@@ -228,6 +250,16 @@ def bench(ctx: BenchContext) -> BenchResult:
             "shard_arrow_bytes_source": source_bytes,
         }
     return out
+
+
+def _binding_time(wall: dict[str, float], data_ratio: float) -> str:
+    """Which part of the rewrite the time limit meets, worded for the note."""
+    floor = wall["plain"] / wall["source"]
+    return (
+        f"the annotated shard holds {data_ratio:.1f} x the source's Arrow bytes; writing it "
+        f"with plain pyarrow alone takes {floor:.2f} x the source's read+write, the rewrite "
+        f"{wall['rewrite'] / wall['plain']:.2f} x that"
+    )
 
 
 def _child_main(argv: list[str]) -> int:

@@ -60,6 +60,7 @@ BAD: list[tuple[str, str, str]] = [
     ("annotate", "{root}", "give --vlm-url"),
     ("annotate", "--vlm-url " + DEAD, "give the dataset ROOT, or --repo-id USER/NAME"),
     ("annotate", A + "--only-episodes 3,x", "'x' is not an episode index or range"),
+    ("annotate", A + "--only-episodes 0,7-9", "episode(s) 7-9 that the dataset does not have"),
     ("annotate", A + "--reasoning-effort extreme", "invalid choice"),
     ("annotate", A + "--repo-id nameonly", "write it as USER/NAME"),
     ("annotate", A + "--push-to-hub", "--push-to-hub needs a target"),

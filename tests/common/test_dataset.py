@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from narrator.common.contract import COLUMN_TYPES, LANGUAGE_COLUMNS, SAY_TOOL, empty_column
+from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.dataset.reader import (
-    DatasetMeta,
     check_language_columns,
     load_dataset_meta,
     read_episode_frames,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,13 @@ import pytest
 from narrator.cli.cmd_validate import format_report
 from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.samples.dataset import make_sample_dataset
-from tests.support.annotated_fixture import BREAKAGES, break_dataset, make_annotated_dataset
+from tests.support.annotated_fixture import (
+    BREAKAGES,
+    break_dataset,
+    make_annotated_dataset,
+    read_language,
+    write_language,
+)
 
 EPISODES = 4
 
@@ -47,6 +54,7 @@ EXPECTED_RULES = {
     "event_off_frame": {"interjection_incomplete"},
     "speech_atom": {"speech_atom"},
     "vqa_shape": {"vqa_shape"},
+    "vqa_out_of_frame": {"vqa_out_of_frame"},
     "persistent_off_frame": {"persistent_off_frame"},
     "info_features": {"info_feature", "say_tool"},
     "persistent_not_constant": {"persistent_not_constant"},
@@ -68,11 +76,21 @@ def test_broken_copies_fail(annotated: Path, tmp_path: Path, kind: str) -> None:
     for finding in report.findings:
         assert finding.severity == "error"
         assert finding.message
-    if kind in ("speech_atom", "vqa_shape", "event_off_frame", "persistent_off_frame"):
+    if kind in (
+        "speech_atom",
+        "vqa_shape",
+        "vqa_out_of_frame",
+        "event_off_frame",
+        "persistent_off_frame",
+    ):
         (episode,) = {f.episode for f in report.findings}
         assert episode == 0 and report.episodes[0].errors == len(report.findings)
         assert all(s.errors == 0 for e, s in report.episodes.items() if e != 0)
-    if kind == "vqa_shape":
+    if kind == "vqa_out_of_frame":
+        messages = sorted(f.message for f in report.findings)
+        assert "[10, 10, 200, 20]" in messages[0] + messages[1]
+        assert "[40, 10, 30, 20]" in messages[0] + messages[1]
+    if kind in ("vqa_shape", "vqa_out_of_frame"):
         assert {f.camera for f in report.findings} == {
             "observation.images.top",
             "observation.images.wrist",
@@ -133,3 +151,21 @@ def test_format_report_limits_findings(annotated: Path, tmp_path: Path) -> None:
     text = format_report(report, show=1)
     assert "findings (first 1 of 2)" in text
     assert "findings (first" not in format_report(report, show=0)
+
+
+def test_an_episode_without_subtasks_is_a_warning(annotated: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(annotated, copy)
+    shard = sorted((copy / "data").rglob("*.parquet"))[0]
+    table, persistent, events = read_language(shard)
+    first = table["episode_index"][0].as_py()
+    for i, episode in enumerate(table["episode_index"].to_pylist()):
+        if episode == first:
+            persistent[i] = [r for r in persistent[i] if r.style not in ("subtask", "memory")]
+    write_language(shard, table, persistent, events)
+    report = check_annotated_dataset(copy)
+    assert report.ok  # a warning, not an error
+    (finding,) = report.findings
+    assert (finding.rule, finding.severity, finding.episode) == ("no_subtasks", "warning", first)
+    assert f"{report.episodes[first].frames} frames but no subtask rows" in finding.message
+    assert "no_subtasks" in format_report(report)

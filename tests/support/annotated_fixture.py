@@ -265,6 +265,22 @@ def _bad_vqa(persistent: list[Rows], events: list[Rows]) -> None:
     ]
 
 
+def _vqa_outside_frame(persistent: list[Rows], events: list[Rows]) -> None:
+    """On the first vqa frame: a box past the right edge of the 96x72 frame (first camera)
+    and a box with x1 > x2 (second camera)."""
+    boxes = iter([[10, 10, 200, 20], [40, 10, 30, 20]])
+    frame = next(i for i, rows in enumerate(events) if any(r.style == "vqa" for r in rows))
+
+    def moved(row: LanguageRow) -> LanguageRow:
+        if row.style != "vqa" or row.role != "assistant":
+            return row
+        detection = {"label": "object", "bbox_format": "xyxy", "bbox": next(boxes)}
+        content = orjson.dumps({"detections": [detection]}).decode()
+        return LanguageRow(row.role, content, "vqa", None, row.camera, None)
+
+    events[frame] = [moved(r) for r in events[frame]]
+
+
 def _off_frame_persistent(persistent: list[Rows], events: list[Rows]) -> None:
     episode_rows_ = persistent[0]
     extra = _p("motion", (episode_rows_[0].timestamp or 0.0) + 0.0123, "move slowly")
@@ -301,6 +317,7 @@ BREAKAGES: dict[str, Callable[[Path], None]] = {
     "event_off_frame": lambda root: _edit_events(root, _move_interjection),
     "speech_atom": lambda root: _edit_events(root, _bad_speech),
     "vqa_shape": lambda root: _edit_events(root, _bad_vqa),
+    "vqa_out_of_frame": lambda root: _edit_events(root, _vqa_outside_frame),
     "persistent_off_frame": lambda root: _edit_events(root, _off_frame_persistent),
     "info_features": _drop_info_features,
 }

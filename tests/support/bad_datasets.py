@@ -81,6 +81,12 @@ def missing_info_json(good: Path, bad: Path) -> Expected:
     return Expected("meta/info.json", "is missing")
 
 
+def codebase_version_v21(good: Path, bad: Path) -> Expected:
+    """info.json of a LeRobot v2.1 dataset (narrator reads v3.x only)."""
+    _edit_info(_copy(good, bad), lambda info: info.update(codebase_version="v2.1"))
+    return Expected("meta/info.json", "lerobot.datasets.v30.convert_dataset_v21_to_v30")
+
+
 def invalid_info_json(good: Path, bad: Path) -> Expected:
     path = _copy(good, bad) / "meta/info.json"
     path.write_text(path.read_text(encoding="utf-8")[:-20], encoding="utf-8")
@@ -358,6 +364,7 @@ CASES: dict[str, Callable[[Path, Path], Expected]] = {
         non_utf8_task_text,
         missing_required_column,
         undeclared_camera,
+        codebase_version_v21,
         episode_length_mismatch,
         duplicate_episode_row,
         truncated_data_parquet,

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from narrator.common.config import AnnotationSettings, VLMSettings
 from narrator.common.contract import LanguageRow, sort_events, sort_persistent
-from narrator.common.dataset.reader import CameraInfo, Episode, EpisodeFrames
+from narrator.common.dataset.meta import CameraInfo, Episode, EpisodeFrames
 from narrator.common.prompts import load_prompts
 from narrator.common.staging import ModuleResult, StagedRow, check_module_rows
 from narrator.common.validation import Finding, validate_episode

@@ -12,13 +12,16 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from narrator.common.config import NarratorConfig, load_config
+from narrator.common.state_dir import STATE_DIR_NAME
 
 
 def file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file of the dataset at ``root``; narrator's own state directory
+    (``ROOT/.narrator/``: embedded Redis, logs, staging) is not part of the dataset."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).parts[0] != STATE_DIR_NAME
     }
 
 

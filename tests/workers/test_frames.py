@@ -1,6 +1,7 @@
 """workers.frames on real video: clips encoded here with AV1 (SVT-AV1, decoded by dav1d), H.264
 and HEVC, whose frames carry their own frame number (narrator.samples.video's code band), so
-each test can tell which frame the decoder handed back."""
+each test can tell which frame the decoder handed back; and the frame pool (processes) and the
+episode's frame source (video and image cameras, each frame decoded once)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,27 @@ import base64
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import structlog
 from PIL import Image
 
 from narrator.common.config import FrameSettings
-from narrator.common.dataset.reader import load_dataset_meta
+from narrator.common.dataset.reader import load_dataset_meta, read_episode_frames
 from narrator.common.errors import DatasetError, VideoDecodeError
 from narrator.samples.dataset import make_sample_dataset
 from narrator.samples.video import read_frame_code, scene_frame, write_video
+from narrator.workers.frame_pool import FramePool
+from narrator.workers.frame_source import EpisodeFrameSource
 from narrator.workers.frames import (
     decode_video_frames,
     encode_frame,
+    encode_video_frames,
     fit_size,
     load_frames,
     load_image_frames,
@@ -188,3 +194,104 @@ async def test_load_image_frames_reads_embedded_images(tmp_path: Path) -> None:
     assert numbers == picks
     with pytest.raises(DatasetError, match="has no frame"):
         await load_image_frames(meta, ep, key, [ep.length], settings)
+
+
+# --- the frame pool and the episode's frame source -------------------------------------------
+
+
+class CountingPool(FramePool):
+    """A real frame pool that records what it was asked to run."""
+
+    def __init__(self, processes: int) -> None:
+        super().__init__(processes)
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    async def run(self, fn: Any, *args: object) -> Any:
+        self.calls.append((fn.__name__, args))
+        return await super().run(fn, *args)
+
+
+@pytest.fixture(scope="module")
+def two_cameras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sample_dataset(
+        tmp_path_factory.mktemp("pool") / "ds", episodes=2, cameras=1, image_cameras=1
+    )
+
+
+async def test_pool_processes_encode_what_a_thread_encodes(two_cameras: Path) -> None:
+    meta = load_dataset_meta(two_cameras)
+    ep = meta.episodes[1]
+    settings = FrameSettings(max_pixels=64 * 64, jpeg_quality=90)
+    pool = FramePool(processes=1)
+    try:
+        times = [0.0, 1.0, (ep.length - 1) / meta.fps]
+        video = "observation.images.top"
+        in_pool = await load_frames(meta, ep, video, times, settings, pool)
+        assert in_pool == await load_frames(meta, ep, video, times, settings)
+        image = "observation.images.wrist"
+        rows = [3, 0, ep.length - 1]
+        in_pool = await load_image_frames(meta, ep, image, rows, settings, pool)
+        assert in_pool == await load_image_frames(meta, ep, image, rows, settings)
+        # An error raised in a pool process arrives whole: its type, file and problem.
+        broken = two_cameras / "broken.mp4"
+        broken.write_bytes(b"not a video")
+        with pytest.raises(VideoDecodeError) as caught:
+            await pool.run(encode_video_frames, str(broken), [0.0], 4096, 90)
+        assert caught.value.path == str(broken) and "cannot be opened" in caught.value.problem
+    finally:
+        pool.close()
+
+
+async def test_the_frame_source_decodes_each_frame_once_and_serves_image_cameras(
+    two_cameras: Path,
+) -> None:
+    meta = load_dataset_meta(two_cameras)
+    ep = meta.episodes[0]
+    frames = read_episode_frames(meta, 0)
+    pool = CountingPool(processes=0)
+    source = EpisodeFrameSource(meta, ep, frames, FrameSettings(), pool)
+    for camera, kind in (
+        ("observation.images.top", "video"),
+        ("observation.images.wrist", "image"),
+    ):
+        first = await source.get(camera, [0, 5, 10])
+        again = await source.get(camera, [10, 15, 5])
+        assert again[0] == first[2] and again[2] == first[1]
+        asked = [args for name, args in pool.calls if name == f"encode_{kind}_frames"]
+        assert len(asked) == 2, asked
+        if kind == "video":  # absolute times: only the new frame is decoded the second time
+            assert len(asked[0][1]) == 3 and len(asked[1][1]) == 1  # type: ignore[arg-type]
+        else:  # data-file rows
+            assert asked[1][2] == [meta.row_start(ep) + 15]
+        for frame in [*first, *again]:
+            with Image.open(io.BytesIO(base64.b64decode(frame.data_url.split(",", 1)[1]))) as jpeg:
+                code = read_frame_code(np.asarray(jpeg.convert("RGB").resize((96, 72))))
+            assert code[1] == 0  # episode 0's frames
+
+
+async def test_frames_larger_than_declared_are_sent_as_stored_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    root = make_sample_dataset(tmp_path / "ds", episodes=1, cameras=1, width=192, height=144)
+    info_path = root / "meta/info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["features"]["observation.images.top"]["shape"] = [72, 96, 3]
+    info_path.write_text(json.dumps(info), encoding="utf-8")
+    meta = load_dataset_meta(root)
+    assert (meta.cameras[0].width, meta.cameras[0].height) == (96, 72)
+    pool = FramePool(processes=0)
+    source = EpisodeFrameSource(
+        meta, meta.episodes[0], read_episode_frames(meta, 0), FrameSettings(), pool
+    )
+    with structlog.testing.capture_logs() as logs:
+        got = await source.get("observation.images.top", [0, 3])
+        await source.get("observation.images.top", [7])
+        again = EpisodeFrameSource(
+            meta, meta.episodes[0], read_episode_frames(meta, 0), FrameSettings(), pool
+        )
+        await again.get("observation.images.top", [1])
+    assert {(f.stored_width, f.stored_height) for f in got} == {(192, 144)}
+    warnings = [e for e in logs if e["event"] == "frame_size_mismatch"]
+    assert len(warnings) == 1, logs  # once per pool (process), not per job or request
+    assert warnings[0]["camera"] == "observation.images.top"
+    assert (warnings[0]["declared"], warnings[0]["stored"]) == ("96x72", "192x144")

@@ -100,3 +100,54 @@ def test_rewrite_refuses_columns_of_the_wrong_length(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="do not match"):
         rewrite_shard(src, tmp_path / "o.parquet", p_col, e_col)
     assert not (tmp_path / "o.parquet").exists()
+
+
+def _leaf_codecs(path: Path) -> dict[str, str]:
+    meta = pq.ParquetFile(path).metadata
+    group = meta.row_group(0)
+    return {
+        group.column(i).path_in_schema: group.column(i).compression
+        for i in range(group.num_columns)
+    }
+
+
+def test_per_column_codecs_are_kept_and_every_new_leaf_gets_the_shards_codec(
+    tmp_path: Path,
+) -> None:
+    """A shard whose columns carry their own codecs: each keeps it, and every leaf of the two
+    new columns gets the codec most of the shard's columns use (docs/DECISIONS.md)."""
+    src = tmp_path / "s.parquet"
+    table = _source_table(4, 4)
+    codecs = {
+        "episode_index": "zstd",
+        "frame_index": "zstd",
+        "timestamp": "zstd",
+        "observation.state.list.element": "snappy",
+        "subtask_index": "gzip",
+    }
+    pq.write_table(table, src, compression=codecs)
+    before = _leaf_codecs(src)
+    assert before["observation.state.list.element"] == "SNAPPY"
+    args = build_language_columns(
+        8, [EpisodeRange(3, 0, 4), EpisodeRange(4, 4, 4)], {3: [_subtask("y", 0.0)]}, {}
+    )
+    dst = tmp_path / "o.parquet"
+    rewrite_shard(src, dst, *args)
+    after = _leaf_codecs(dst)
+    for leaf, codec in before.items():
+        if not leaf.startswith("subtask_index"):
+            assert after[leaf] == codec, leaf
+    new_leaves = {
+        k: v for k, v in after.items() if k.startswith(("language_persistent", "language_events"))
+    }
+    assert len(new_leaves) == 11  # 6 persistent fields + 5 event fields (tool_calls: one leaf)
+    assert set(new_leaves.values()) == {"ZSTD"}, new_leaves
+
+
+def test_rewrite_keeps_the_file_mode(tmp_path: Path) -> None:
+    src = tmp_path / "s.parquet"
+    pq.write_table(_source_table(2, 2), src)
+    src.chmod(0o640)
+    args = build_language_columns(4, [EpisodeRange(3, 0, 2), EpisodeRange(4, 2, 2)], {}, {})
+    rewrite_shard(src, src, *args)
+    assert src.stat().st_mode & 0o7777 == 0o640

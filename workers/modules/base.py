@@ -25,7 +25,7 @@ from narrator.common.staging import Failure, ModuleResult, StagedRow
 from narrator.workers.vlm_api import ChatRequest
 
 if TYPE_CHECKING:
-    from narrator.common.dataset.reader import CameraInfo, Episode, EpisodeFrames
+    from narrator.common.dataset.meta import CameraInfo, Episode, EpisodeFrames
     from narrator.workers.frames import EncodedFrame
     from narrator.workers.vlm_api import VLM
 
