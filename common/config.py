@@ -554,11 +554,13 @@ class HubSettings(_Model):
         default=False,
         description="create the --push-to-hub repo private (an existing repo keeps its visibility)",
     )
-    commit_message: Annotated[str | None, Surface(metavar="TEXT")] = Field(
-        default=None,
-        description="message of the --push-to-hub commit (default: one naming the modules "
-        "and the model)",
-    )
+    commit_message: Annotated[
+        str | None,
+        Surface(
+            metavar="TEXT",
+            default_text="'Add language annotations (MODULES) by narrator with MODEL'",
+        ),
+    ] = Field(default=None, description="message of the --push-to-hub commit")
 
     @field_validator("repo_id", "push_repo_id")
     @classmethod

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from narrator.common.config import NarratorConfig
-from narrator.common.errors import ConfigError, PushRefusedError
+from narrator.common.errors import ConfigError, HubAccessError, HubError, PushRefusedError
 from narrator.common.prompts import SHIPPED_DIR
 from narrator.common.runs import RunRecord, default_state_dir
 from narrator.hub.card import CardFacts, build_card
@@ -244,6 +244,15 @@ def push_after_run(
         extra={CARD: card.encode("utf-8")},
         message=hub.commit_message or default_commit_message(record),
     )
-    client.move_tag(target, facts.codebase_version, pushed.revision)
+    try:
+        client.move_tag(target, facts.codebase_version, pushed.revision)
+    except HubError as exc:
+        raise HubAccessError(
+            f"uploaded {target} as commit {pushed.revision[:12]}, but tagging it "
+            f"{facts.codebase_version} failed ({exc}); LeRobot loads the commit that tag names, "
+            f"so move the tag: HfApi().delete_tag('{target}', tag='{facts.codebase_version}', "
+            f"repo_type='dataset'), then HfApi().create_tag('{target}', "
+            f"tag='{facts.codebase_version}', revision='{pushed.revision}', repo_type='dataset')"
+        ) from exc
     say(f"tagged {target} {facts.codebase_version} at {pushed.revision[:12]} (what LeRobot loads)")
     return pushed

@@ -8,6 +8,7 @@ tested with a stand-in HfApi object."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,19 @@ def test_the_real_client_translates_hub_errors() -> None:
     api = StandInApi()
     HuggingFaceHub(lambda: api).move_tag(REPO, "v3.0", "d" * 40)
     assert api.calls == [("delete_tag", "v3.0"), ("create_tag", ("v3.0", "d" * 40, "dataset"))]
+
+
+def test_a_failed_tag_names_the_uploaded_commit_and_how_to_tag_it(tmp_path: Path) -> None:
+    root = make_annotated_dataset(tmp_path / "ds", episodes=2, cameras=1)
+
+    class NoTags(FakeHub):
+        def move_tag(self, repo_id: str, tag: str, revision: str) -> None:
+            raise HubAccessError("tagging: the Hub refused (403)")
+
+    hub = NoTags()
+    with pytest.raises(HubAccessError) as caught:
+        push_after_run(config(push_to_hub=True, repo_id=REPO), root, _record(root), hub, say=quiet)
+    assert len(hub.commits) == 1  # the upload happened; the message says what is missing
+    message = str(caught.value)
+    assert "but tagging it v3.0 failed" in message and "create_tag(" in message
+    assert re.search(r"as commit [0-9a-f]{12}, .*revision='[0-9a-f]{40}'", message)
