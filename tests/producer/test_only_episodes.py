@@ -29,7 +29,7 @@ from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import DEFAULT_MODEL
 from narrator.simulator.fleet import Fleet, start_fleet
 from tests.support.annotated_fixture import make_annotated_dataset
-from tests.support.job_support import NO_RETRIES, committed, drain, requests, settings
+from tests.support.job_support import NO_RETRIES, committed, drain, enqueue, requests, settings
 from tests.support.pipeline_support import file_hashes
 
 pytestmark = pytest.mark.timeout(300)
@@ -211,3 +211,24 @@ def test_item_tallies_of_a_selection_count_its_episodes_only(redis_client: redis
     assert (whole.items, whole.failed) == (24, 6)
     vqa, plan = read_tallies(redis_client, run, ["vqa", "plan"], episodes={1, 2, 7})
     assert (vqa.items, vqa.failed) == (14, 1) and (plan.items, plan.failed) == (0, 0)
+
+
+def test_a_command_whose_generation_is_committed_is_what_the_run_record_describes(
+    tmp_path: Path, redis_url: str, fleet: Fleet
+) -> None:
+    """Defaults committed, then ``--vqa-hz 1`` enqueued but never run, then the defaults again:
+    that is complete at once, and the record (status, the dataset card) must describe it, not
+    the abandoned ``--vqa-hz 1`` generation."""
+    root = make_sample_dataset(tmp_path / "ds", episodes=2, cameras=1, min_length=20,
+                               max_length=30)  # fmt: skip
+    conn = redis.Redis.from_url(redis_url)
+    state = tmp_path / "state"
+    first = enqueue(conn, root, state)
+    drain(redis_url, fleet.urls)
+    assert committed(conn, first)
+    enqueue(conn, root, state, annotation=settings(vqa={"vqa_hz": 1.0}))  # abandoned
+    again = enqueue(conn, root, state)
+    assert again.complete
+    status = read_status(conn, again.run_id)
+    assert status.run.generation == first.generation
+    assert status.committed and status.state == "done", format_status(status)
