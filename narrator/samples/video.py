@@ -26,6 +26,7 @@ from typing import Any
 import av
 import numpy as np
 
+from narrator.samples.encode_guard import encode_guarded
 from narrator.samples.scene import BACKGROUND, PROGRESS_BAR, layout, scene_for_task
 
 CODE_BITS = 12
@@ -47,9 +48,20 @@ PROGRESS_BAR_ROWS = 4
 def write_video(
     path: Path, frames: Iterable[np.ndarray], *, fps: int, codec: str, gop: int = 2
 ) -> None:
-    """Encode RGB uint8 frames (H, W, 3; even sizes) into an mp4, yuv420p, frame k at k/fps."""
-    _quiet_svt_av1()
+    """Encode RGB uint8 frames (H, W, 3; even sizes) into an mp4, yuv420p, frame k at k/fps.
+
+    SVT-AV1 runs under :func:`~narrator.samples.encode_guard.encode_guarded` (a watched child
+    process, restarted if the encoder deadlocks); other encoders run in this process."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    encode = functools.partial(_encode, fps=fps, codec=codec, gop=gop)
+    if codec == "libsvtav1":
+        encode_guarded(path, frames, encode)
+    else:
+        encode(path, frames)
+
+
+def _encode(path: Path, frames: Iterable[np.ndarray], *, fps: int, codec: str, gop: int) -> None:
+    _quiet_svt_av1()
     with av.open(str(path), "w", format="mp4") as container:
         stream: Any = None
         for frame in frames:
