@@ -10,8 +10,10 @@ orchestration that exists only here.
   are written once, as in the default run). It shows what the default's mixing of modules
   buys.
 
-Both run against a private copy of the dataset and a private redis-server, sample CPU, RSS
-and Redis memory while they run, and return a :class:`PipelineRun`.
+Both run against a private copy of the dataset and a private redis-server, sample CPU, RSS,
+Redis memory and the module queue (rq jobs running and waiting, :func:`rq_probe`) while they
+run, and return a :class:`PipelineRun`. ``clock0_s`` is the monotonic time of the fleet's
+reset, the zero of the replicas' timelines, so samples and timelines share one clock.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
+from rq import Queue
+from rq.registry import StartedJobRegistry
 
 from narrator.common import keys
 from narrator.common.config import NarratorConfig, load_config
@@ -36,9 +41,10 @@ from narrator.local.redis_server import LocalRedis
 from narrator.local.run import annotate, child_env, resolve_model
 from narrator.ops.status import read_status
 from narrator.producer.enqueue import enqueue_run
+from tests.bench.fleet_figures import service_overrun
 from tests.bench.processes import ProcessSampler, SampledUsage, SimFleetProcess
 from tests.bench.support import REPO_ROOT, copy_dataset
-from tests.bench.timeline import Utilisation, merged, service_overrun, slot_utilisation
+from tests.bench.timeline import Utilisation, merged, slot_utilisation
 
 PHASES: tuple[tuple[str, ...], ...] = (
     ("plan",),
@@ -63,7 +69,9 @@ class PipelineRun:
     redis_used_after: int  # bytes, after the run committed (and cleaned up)
     phase_walls_s: list[float] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
-    sim_overrun: float = 0.0  # see timeline.service_overrun
+    sim_overrun: float = 0.0  # see fleet_figures.service_overrun
+    clock0_s: float = 0.0  # time.monotonic() of the fleet's reset: the timelines' zero
+    replica_timelines: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def cpu_per_request_ms(self, role: str) -> float:
         return 1000.0 * self.usage.cpu_s.get(role, 0.0) / max(self.requests, 1)
@@ -101,6 +109,22 @@ def default_config(
     return load_config(cli, env={})
 
 
+def rq_probe(redis_url: str) -> Callable[[], dict[str, float]]:
+    """A sampler probe: rq jobs of the module queue running (started registry) and queued."""
+    conn = redis.Redis.from_url(redis_url)
+    queue_key = Queue(keys.MODULE_QUEUE, connection=conn).key
+    started_key = StartedJobRegistry(keys.MODULE_QUEUE, connection=conn).key
+
+    def probe() -> dict[str, float]:
+        pipe = conn.pipeline(transaction=False)
+        pipe.zcard(started_key)
+        pipe.llen(queue_key)
+        running, queued = pipe.execute()
+        return {"jobs_running": float(running), "jobs_queued": float(queued)}
+
+    return probe
+
+
 def _config_summary(config: NarratorConfig) -> dict[str, Any]:
     return {
         "workers": config.workers,
@@ -117,7 +141,21 @@ def committed_after(conn: redis.Redis, run_id: str, started_epoch: float) -> flo
     return float(raw) - started_epoch
 
 
-def _finish(
+def fleet_overrun(fleet: SimFleetProcess, timelines: list[list[dict[str, Any]]]) -> float:
+    """Slot time beyond the latency model the simulator really ran (fleet_figures)."""
+    sim = fleet.settings
+    slowdown = sim.occupancy_slowdown if fleet.capabilities.get("occupancy_slowdown") else 0.0
+    return service_overrun(
+        timelines,
+        slots=sim.slots,
+        base_s=sim.base_s,
+        per_image_s=sim.per_image_s,
+        per_output_token_s=sim.per_output_token_s,
+        occupancy_slowdown=slowdown,
+    )
+
+
+def finish_run(
     mode: str,
     fleet: SimFleetProcess,
     conn: redis.Redis,
@@ -129,10 +167,10 @@ def _finish(
     config: NarratorConfig,
     redis_before: int,
     phase_walls: list[float] | None = None,
+    clock0_s: float = 0.0,
 ) -> PipelineRun:
-    timeline = merged(fleet.timelines())
-    sim = fleet.settings
-    slots = sim.replicas * sim.slots
+    timelines = fleet.timelines()
+    timeline = merged(timelines)
     return PipelineRun(
         mode=mode,
         episodes=episodes,
@@ -141,13 +179,15 @@ def _finish(
         exit_code=exit_code,
         requests=fleet.requests_total(),
         usage=usage,
-        utilisation=slot_utilisation(timeline, slots),
+        utilisation=slot_utilisation(timeline, fleet.settings.total_slots),
         timeline=timeline,
         redis_used_before=redis_before,
         redis_used_after=int(conn.info("memory")["used_memory"]),
         phase_walls_s=phase_walls or [],
         config=_config_summary(config),
-        sim_overrun=service_overrun(timeline, sim.base_s, sim.per_image_s, sim.per_output_token_s),
+        sim_overrun=fleet_overrun(fleet, timelines),
+        clock0_s=clock0_s,
+        replica_timelines=timelines,
     )
 
 
@@ -159,14 +199,15 @@ def run_default(source: Path, fleet: SimFleetProcess, work: Path, **overrides: A
         conn = redis.Redis.from_url(server.url)
         config = default_config(fleet.urls, server.url, work / "state", **overrides)
         before = int(conn.info("memory")["used_memory"])
-        fleet.reset()
-        with ProcessSampler(conn=conn) as sampler:
+        with ProcessSampler(conn=conn, probe=rq_probe(server.url)) as sampler:
+            fleet.reset()
+            clock0 = time.monotonic()
             started, started_epoch = time.perf_counter(), time.time()
             result = annotate(config, root, progress=False, poll_s=0.1)
             returned = time.perf_counter() - started
             usage = sampler.stop()
         wall = committed_after(conn, result.run_id, started_epoch)
-        run = _finish(
+        run = finish_run(
             "default",
             fleet,
             conn,
@@ -177,12 +218,13 @@ def run_default(source: Path, fleet: SimFleetProcess, work: Path, **overrides: A
             usage,
             config,
             before,
+            clock0_s=clock0,
         )
         conn.close()
         return run
 
 
-def _spawn_role(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_role(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
@@ -195,7 +237,7 @@ def _spawn_role(args: list[str], env: dict[str, str], log_path: Path) -> subproc
         )
 
 
-def _stop_role(proc: subprocess.Popen[bytes]) -> None:
+def stop_role(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)
@@ -240,14 +282,15 @@ def run_phase_barrier(
         env = child_env(config, server.url)
         options = JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries)
         before = int(conn.info("memory")["used_memory"])
-        fleet.reset()
         roles: list[subprocess.Popen[bytes]] = []
         phase_walls: list[float] = []
         try:
-            with ProcessSampler(conn=conn) as sampler:
+            with ProcessSampler(conn=conn, probe=rq_probe(server.url)) as sampler:
+                fleet.reset()
+                clock0 = time.monotonic()
                 started, started_epoch = time.perf_counter(), time.time()
                 roles.append(
-                    _spawn_role(
+                    spawn_role(
                         ["worker", "--workers", str(config.workers),
                          "--jobs-per-worker", str(config.jobs_per_worker)],
                         env,
@@ -258,7 +301,7 @@ def run_phase_barrier(
                     phase_started = time.perf_counter()
                     last = index == len(PHASES) - 1
                     if last:
-                        roles.append(_spawn_role(["writer"], env, work / "logs" / "writer.log"))
+                        roles.append(spawn_role(["writer"], env, work / "logs" / "writer.log"))
                     settings = config.annotation.model_copy(update={"modules": modules})
                     summary = enqueue_run(
                         conn,
@@ -275,10 +318,10 @@ def run_phase_barrier(
                 wall = committed_after(conn, summary.run_id, started_epoch)
         finally:
             for proc in roles:
-                _stop_role(proc)
+                stop_role(proc)
         returned = time.perf_counter() - started
         usage = sampler.stop()
-        run = _finish(
+        run = finish_run(
             "phase-barrier",
             fleet,
             conn,
@@ -290,6 +333,7 @@ def run_phase_barrier(
             config,
             before,
             phase_walls,
+            clock0_s=clock0,
         )
         conn.close()
         return run

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +90,24 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
-def run_benches(benches: Sequence[tuple[str, BenchFunction]], args: argparse.Namespace) -> int:
-    """Run ``benches`` in order, print the table, write results.json; 1 if a limit was missed."""
+def format_texts(texts: Sequence[tuple[str, str]]) -> str:
+    """The text blocks benchmarks print after the table (traces, which limit binds)."""
+    return "".join(f"\n\n{title}\n{'-' * len(title)}\n{text}" for title, text in texts)
+
+
+def run_benches(
+    benches: Sequence[tuple[str, BenchFunction]],
+    args: argparse.Namespace,
+    timeouts: Mapping[str, float] | None = None,
+) -> int:
+    """Run ``benches`` in order, print the table, write results.json; 1 if a limit was missed.
+    ``timeouts``: seconds per bench name before it is ended (default BENCH_TIMEOUT_S)."""
+    timeouts = timeouts or {}
     configure_logging(os.environ.get("NARRATOR_BENCH_LOG_LEVEL", "warning"))
     work = Path(tempfile.mkdtemp(prefix="narrator-bench-"))
     ctx = BenchContext(work=work, quick=args.quick)
     figures: list[Figure] = []
+    texts: list[tuple[str, str]] = []
     details: dict[str, Any] = {}
     errors: dict[str, str] = {}
     started = time.perf_counter()
@@ -105,7 +117,7 @@ def run_benches(benches: Sequence[tuple[str, BenchFunction]], args: argparse.Nam
             sys.stdout.flush()
             bench_started = time.perf_counter()
             # A hung benchmark dumps every thread's stack and ends the run instead of hanging.
-            faulthandler.dump_traceback_later(BENCH_TIMEOUT_S, exit=True)
+            faulthandler.dump_traceback_later(timeouts.get(name, BENCH_TIMEOUT_S), exit=True)
             try:
                 result = bench(ctx)
             except Exception as exc:  # report and go on with the other benchmarks
@@ -115,6 +127,7 @@ def run_benches(benches: Sequence[tuple[str, BenchFunction]], args: argparse.Nam
             finally:
                 faulthandler.cancel_dump_traceback_later()
             figures += result.figures
+            texts += [(f"{name}: {title}", text) for title, text in result.texts]
             details[name] = {
                 **result.details,
                 "seconds": round(time.perf_counter() - bench_started, 1),
@@ -125,7 +138,7 @@ def run_benches(benches: Sequence[tuple[str, BenchFunction]], args: argparse.Nam
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - started
-    table = format_table(figures)
+    table = format_table(figures) + format_texts(texts)
     sys.stdout.write("\n" + table + "\n")
     path = write_results(
         args.out,
@@ -134,6 +147,7 @@ def run_benches(benches: Sequence[tuple[str, BenchFunction]], args: argparse.Nam
             "total_seconds": round(total, 1),
             "machine": machine(),
             "figures": [f.as_json() for f in figures],
+            "texts": [{"title": title, "text": text} for title, text in texts],
             "details": details,
             "errors": errors,
         },
@@ -146,7 +160,9 @@ def run_benches(benches: Sequence[tuple[str, BenchFunction]], args: argparse.Nam
     return 1 if missed or errors else 0
 
 
-def main_for(name: str, bench: BenchFunction, argv: Sequence[str] | None = None) -> int:
+def main_for(
+    name: str, bench: BenchFunction, argv: Sequence[str] | None = None, timeout_s: float = 0
+) -> int:
     """Command line of a single bench module."""
     args = parse_args(argv, f"narrator benchmark: {name}")
-    return run_benches([(name, bench)], args)
+    return run_benches([(name, bench)], args, {name: timeout_s} if timeout_s else None)

@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from narrator.samples.dataset import make_sample_dataset
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -64,6 +62,8 @@ class Figure:
 class BenchResult:
     figures: list[Figure] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # (title, text) blocks printed after the table, e.g. a trace or which limit binds
+    texts: list[tuple[str, str]] = field(default_factory=list)
 
     def add(
         self,
@@ -95,15 +95,47 @@ class BenchContext:
         return path
 
 
+_GENERATE = (
+    "import json, sys\n"
+    "from narrator.samples.dataset import make_sample_dataset\n"
+    "make_sample_dataset(sys.argv[1], **json.loads(sys.argv[2]))\n"
+)
+GENERATE_ATTEMPTS = 3
+
+
 def sample_dataset(ctx: BenchContext, **kwargs: Any) -> Path:
-    """The generated dataset for these arguments (generated on first use in this run)."""
+    """The generated dataset for these arguments (generated on first use in this run).
+
+    Generated in a child process with a deadline: the SVT-AV1 encoder has been seen to
+    deadlock (rarely, on a loaded machine) inside ``avcodec_send_frame``; a generation that
+    hangs is killed, reported on stdout and started again (up to GENERATE_ATTEMPTS)."""
     name = "ds-" + "-".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
     path = ctx.work / "datasets" / name
-    if not (path / "meta" / "info.json").exists():
+    if (path / "meta" / "info.json").exists():
+        return path
+    episodes = int(kwargs.get("episodes", 10))
+    for attempt in range(1, GENERATE_ATTEMPTS + 1):
         if path.exists():
             shutil.rmtree(path)
-        make_sample_dataset(path, **kwargs)
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(
+                [sys.executable, "-c", _GENERATE, str(path), json.dumps(kwargs)],
+                env=child_environment(),
+                cwd=REPO_ROOT,
+                timeout=120 + 2 * episodes,
+                check=True,
+                capture_output=True,
+            )
+            return path
+        except subprocess.TimeoutExpired:
+            sys.stdout.write(
+                f"[bench] generating {name} hung (attempt {attempt}); killed, starting again\n"
+            )
+            sys.stdout.flush()
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"generating {name} failed: {exc.stderr[-2000:]!r}") from exc
+    raise RuntimeError(f"generating {name} hung {GENERATE_ATTEMPTS} times")
 
 
 def copy_dataset(source: Path, target_parent: Path) -> Path:
