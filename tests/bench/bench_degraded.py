@@ -89,8 +89,9 @@ def bench(ctx: BenchContext) -> BenchResult:
         "x",
         "<= 1.5",
         note=f"{shape['episodes']} episodes, 2 cameras, {files} data files in "
-        f"{-(-files // shape['chunks_size'])} chunks; each replica {SIM.describe()}; URLs: "
-        f"good, half-hanging (hang_rate {HANG_RATE}), dead (nothing listens)",
+        f"{-(-files // shape['chunks_size'])} chunks; simulated {SIM.describe()} (the good and "
+        f"the half-hanging one); URLs: good, half-hanging (hang_rate {HANG_RATE}), dead "
+        "(nothing listens)",
     )
     out.add(NAME, "good replica alone: wall time to commit", alone.run.wall_s, "s")
     out.add(
