@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench soak clean browser
+.PHONY: demo test lint typecheck pytest bench soak clean browser conformance
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.bench.soak
+
+# Real vLLM (CPU build) end to end; its own venv and model under ~/.cache/narrator/conformance.
+# Not part of `make test`; see docs/CONFORMANCE.md.
+conformance: $(STAMP)
+	$(BIN)/python -m conformance.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

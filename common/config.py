@@ -61,14 +61,73 @@ class FrameSettings(_Model):
 
 
 class PlanSettings(_Model):
+    """The plan module (and the camera the interjections module looks through).
+
+    Two ways to show an episode: contact sheets (``contact_sheets``, the default: frames
+    sampled at ``frames_per_second`` tiled into timestamped JPEG grids, at most
+    ``max_frames_per_prompt`` frames per request) or one captioned image per frame (frames
+    sampled at ``sample_hz``, at most ``frames_per_request`` per request)."""
+
+    camera: Annotated[
+        str | None,
+        Surface(flag="--camera", metavar="KEY", default_text="the first non-depth video camera"),
+    ] = Field(
+        default=None,
+        description="camera the plan and interjections modules show the VLM: an "
+        "observation.images.* key or its last part (top)",
+    )
+    contact_sheets: bool = Field(
+        default=True,
+        description="show the plan module's frames as timestamped contact sheets (tiled "
+        "JPEG grids); --no-contact-sheets sends one image per frame",
+    )
+    frames_per_second: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="rate at which frames are sampled for the contact sheets, in Hz (<= 60)",
+    )
+    max_frames_per_prompt: int = Field(
+        default=60,
+        ge=2,
+        le=400,
+        description="most contact-sheet frames per subtask request, 2-400 (longer episodes "
+        "are cut into windows at the same rate and stitched)",
+    )
+    contact_sheet_columns: int = Field(
+        default=5, ge=1, le=10, description="tiles per row of a contact sheet, 1-10"
+    )
+    contact_sheet_frames_per_sheet: int = Field(
+        default=20, ge=1, le=100, description="tiles per contact sheet, 1-100"
+    )
+    contact_sheet_frame_width_px: int = Field(
+        default=224, ge=64, le=1024, description="width of one contact-sheet tile, in pixels"
+    )
     sample_hz: Annotated[float, Surface(flag="--plan-sample-hz")] = Field(
         default=1.0,
         gt=0,
         le=60,
-        description="rate at which frames are sampled for the plan module, in Hz (<= 60)",
+        description="rate at which frames are sampled without contact sheets, in Hz (<= 60)",
     )
     frames_per_request: int = Field(
-        default=16, ge=2, le=64, description="frames per plan request, 2-64"
+        default=16,
+        ge=2,
+        le=64,
+        description="frames per subtask request without contact sheets, 2-64",
+    )
+    subtask_describe_first: bool = Field(
+        default=True,
+        description="before segmenting, ask the VLM to describe what the robot does (one "
+        "more request per window; the description is given to the segmentation request)",
+    )
+    subtask_seeded_relabel: bool = Field(
+        default=False,
+        description="after segmenting, relabel each subtask from the previous, current and "
+        "next segments' frames with its first label as a prior (one more request per "
+        "subtask; boundaries stay)",
+    )
+    subtask_relabel_frames: int = Field(
+        default=5, ge=1, le=20, description="frames shown per segment when relabelling, 1-20"
     )
     min_subtask_seconds: float = Field(
         default=1.0, ge=0, description="shortest subtask span, in seconds"
@@ -76,9 +135,62 @@ class PlanSettings(_Model):
     max_subtasks: int = Field(
         default=8, ge=1, le=100, description="most subtasks per episode, 1-100"
     )
-    task_aug_count: int = Field(
-        default=2, ge=0, le=10, description="task rephrasings per episode, 0-10"
+    emit_plan: Annotated[bool, Surface(flag="--plan")] = Field(
+        default=True,
+        description="write plan rows (at every subtask start and every interjection); "
+        "--no-plan writes none",
     )
+    emit_memory: Annotated[bool, Surface(flag="--memory")] = Field(
+        default=True,
+        description="write memory rows (at every subtask boundary after the first); "
+        "--no-memory writes none",
+    )
+    task_aug_count: int = Field(
+        default=10,
+        ge=0,
+        le=50,
+        description="task rephrasings per episode, 0-50 (after the effective task itself)",
+    )
+    task_aug_axes: bool = Field(
+        default=False,
+        description="rephrase the task along five axes (synonyms, omit arm, omit "
+        "orientation, omit grasp method, combined omissions) instead of task_aug_count "
+        "free rephrasings",
+    )
+    task_aug_synonym_paraphrase: int = Field(
+        default=3, ge=0, le=10, description="axes mode: synonym paraphrases, 0-10"
+    )
+    task_aug_omit_arm: int = Field(
+        default=3, ge=0, le=10, description="axes mode: variants without the arm, 0-10"
+    )
+    task_aug_omit_orientation: int = Field(
+        default=2, ge=0, le=10, description="axes mode: variants without the orientation, 0-10"
+    )
+    task_aug_omit_grasp_method: int = Field(
+        default=2, ge=0, le=10, description="axes mode: variants without the grasp, 0-10"
+    )
+    task_aug_combined_omissions: int = Field(
+        default=2, ge=0, le=10, description="axes mode: variants omitting two of those, 0-10"
+    )
+    derive_task_from_video: Literal["off", "if_short", "always"] = Field(
+        default="if_short",
+        description="ask the VLM what the episode shows and use that as the task in prompts "
+        "and as the first task_aug row: off, if_short (the dataset task is a placeholder or "
+        "shorter than derive_task_min_words) or always; meta/tasks.parquet is never changed",
+    )
+    derive_task_min_words: int = Field(
+        default=3, ge=1, le=20, description="a dataset task with fewer words counts as short"
+    )
+
+    def task_aug_axis_counts(self) -> dict[str, int]:
+        """Axis name -> how many variants the axes mode asks for, in axis order."""
+        return {
+            "synonym_paraphrase": self.task_aug_synonym_paraphrase,
+            "omit_arm": self.task_aug_omit_arm,
+            "omit_orientation": self.task_aug_omit_orientation,
+            "omit_grasp_method": self.task_aug_omit_grasp_method,
+            "combined_omissions": self.task_aug_combined_omissions,
+        }
 
 
 class InterjectionSettings(_Model):
@@ -107,6 +219,20 @@ class VQASettings(_Model):
         default=QUESTION_TYPES,
         description="comma-separated VQA question types, a subset of " + ",".join(QUESTION_TYPES),
     )
+    vqa_cameras: Annotated[
+        tuple[str, ...], Surface(metavar="KEY,...", default_text="every non-depth camera")
+    ] = Field(
+        default=(),
+        description="comma-separated cameras VQA asks about: observation.images.* keys or "
+        "their last parts",
+    )
+    vqa_frames_per_tick: int = Field(
+        default=1,
+        ge=1,
+        le=30,
+        description="consecutive frames asked about per VQA tick, from the tick's frame on "
+        "(upstream's K), 1-30",
+    )
 
     @field_validator("question_types")
     @classmethod
@@ -114,6 +240,13 @@ class VQASettings(_Model):
         unknown = set(v) - set(QUESTION_TYPES)
         if unknown or not v:
             raise ValueError(f"question types must be a non-empty subset of {QUESTION_TYPES}")
+        return v
+
+    @field_validator("vqa_cameras")
+    @classmethod
+    def _distinct_cameras(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"cameras {list(v)} name one camera twice")
         return v
 
 

@@ -303,6 +303,7 @@ def _check_events(
     persistent: Sequence[LanguageRow],
     cameras: Collection[str],
     vqa_types: Mapping[tuple[int, str], str] | None,
+    plans: bool,
 ) -> None:
     n_frames = len(frame_timestamps)
     plan_times = {
@@ -318,7 +319,7 @@ def _check_events(
         t = _f32(frame_timestamps[frame])
         for row in rows:
             _check_row(out, row, in_persistent=False, t=t, cameras=cameras)
-        _check_frame_events(out, frame, t, rows, plan_times, vqa_types)
+        _check_frame_events(out, frame, t, rows, plan_times if plans else None, vqa_types)
 
 
 def _check_frame_events(
@@ -326,15 +327,16 @@ def _check_frame_events(
     frame: int,
     t: float,
     rows: Sequence[LanguageRow],
-    plan_times: set[float],
+    plan_times: set[float] | None,
     vqa_types: Mapping[tuple[int, str], str] | None,
 ) -> None:
+    """``plan_times`` None: plans are off, so an interjection needs no plan row."""
     has_speech = any(r.style is None and speech_text_or_none(r) is not None for r in rows)
     if any(r.style == "interjection" for r in rows):
         missing = []
         if not has_speech:
             missing.append("a speech atom on the same frame")
-        if t not in plan_times:
+        if plan_times is not None and t not in plan_times:
             missing.append("a plan row in language_persistent at the same timestamp")
         if missing:
             message = f"interjection on frame {frame} lacks " + " and ".join(missing)
@@ -394,17 +396,20 @@ def validate_episode(
     events_by_frame: Mapping[int, Sequence[LanguageRow]],
     cameras: Collection[str],
     vqa_types: Mapping[tuple[int, str], str] | None = None,
+    plans: bool = True,
 ) -> list[Finding]:
     """Every rule of SPEC sections 2 and 4 over one episode's rows.
 
     ``frame_timestamps`` are the episode's stored timestamps in frame order;
     ``events_by_frame`` maps an episode-relative frame index to the event rows on it;
-    ``vqa_types`` optionally gives the question type asked per (frame, camera).
+    ``vqa_types`` optionally gives the question type asked per (frame, camera); ``plans``
+    says whether plan rows were written (``--no-plan`` turns them off, and with them the rule
+    that an interjection has a plan row on its frame).
     """
     out = _Collector(episode)
     frame_ts = {_f32(t) for t in frame_timestamps}
     _check_persistent(out, persistent, frame_ts, cameras)
-    _check_events(out, events_by_frame, frame_timestamps, persistent, cameras, vqa_types)
+    _check_events(out, events_by_frame, frame_timestamps, persistent, cameras, vqa_types, plans)
     _check_quality(out, persistent, frame_timestamps)
     return out.findings
 

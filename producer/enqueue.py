@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from narrator.common import keys
+from narrator.common.cameras import check_camera_settings
 from narrator.common.config import AnnotationSettings
 from narrator.common.dataset.reader import DatasetMeta, check_language_columns, load_dataset_meta
 from narrator.common.logging import get_logger
@@ -77,6 +78,7 @@ def enqueue_run(
     root = Path(root).resolve()
     meta = meta or load_dataset_meta(root)
     check_language_columns(meta)
+    check_camera_settings(settings, meta.cameras)
     run_id = compute_run_id(root, meta.fingerprint())
     module_hashes = compute_module_hashes(settings, prompts, model)
     generation = generation_of(module_hashes)

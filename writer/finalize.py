@@ -43,7 +43,7 @@ from narrator.common.staging import ModuleResult, StagedRow
 from narrator.common.validation import Finding, validate_episode
 from narrator.writer.cleanup import forget_finished_jobs
 from narrator.writer.commit import commit, resume_commits, stage_dir
-from narrator.writer.merge import kept_rows
+from narrator.writer.merge import kept_rows, yield_to_interjections
 from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
 
 log = get_logger(__name__)
@@ -211,8 +211,20 @@ def assemble_file(
             p_rows.extend(keep_p)
             for frame, rows in keep_e.items():
                 e_rows[frame].extend(rows)
+        interjection_frames = {
+            row.frame
+            for module in run.module_hashes
+            for row in results[(module, ep)].rows
+            if row.style == "interjection"
+        }
+        interjection_frames |= {
+            f for f, rows in e_rows.items() if any(r.style == "interjection" for r in rows)
+        }
         for module in run.module_hashes:
-            for row in results[(module, ep)].rows:
+            staged = results[(module, ep)].rows
+            if module == "plan":
+                staged = yield_to_interjections(staged, interjection_frames)
+            for row in staged:
                 if not 0 <= row.frame < len(ts):
                     raise ContractError(f"episode {ep}: {module} row on missing frame {row.frame}")
                 if row.column == "persistent":
@@ -232,6 +244,7 @@ def assemble_file(
             events_by_frame=events[ep],
             cameras=cameras,
             vqa_types=vqa_types or None,
+            plans=run.settings.plan.emit_plan,
         )
     return persistent, events, findings
 

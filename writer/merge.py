@@ -4,10 +4,15 @@ A shard may already hold language rows: from an earlier narrator run, or from an
 (``motion``, ``trace``). A run replaces only the rows its own modules produce; every other
 row stays exactly as it was.
 
-Ownership: ``subtask``, ``memory``, ``task_aug`` and the first-frame ``plan`` belong to the
-plan module; ``interjection`` rows, speech atoms and a ``plan`` row stamped on an
+Ownership: ``subtask``, ``memory``, ``task_aug`` and the ``plan`` rows at subtask starts belong
+to the plan module; ``interjection`` rows, speech atoms and a ``plan`` row stamped on an
 interjection's frame belong to the interjections module; ``vqa`` rows to the vqa module; any
 other style belongs to no narrator module and is always kept.
+
+Precedence (:func:`yield_to_interjections`): the plan module schedules a plan row at every
+subtask start, and interjections sit on subtask starts, so on an interjection's frame the
+interjections module's refreshed plan (which reflects what the person asked) replaces the
+scheduled one: one plan row per timestamp.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from narrator.common.contract import LanguageRow
+from narrator.common.staging import StagedRow
 
 
 def row_owner(row: LanguageRow, *, interjection_times: Collection[float]) -> str | None:
@@ -53,3 +59,12 @@ def kept_rows(
         if kept:
             events[frame] = kept
     return [r for r in persistent if keep(r)], events
+
+
+def yield_to_interjections(
+    plan_rows: Sequence[StagedRow], interjection_frames: Collection[int]
+) -> list[StagedRow]:
+    """The plan module's staged rows without its plan rows on ``interjection_frames`` (frames
+    where an interjection, new or kept from an earlier run, carries its own plan row)."""
+    frames = set(interjection_frames)
+    return [r for r in plan_rows if not (r.style == "plan" and r.frame in frames)]

@@ -55,6 +55,7 @@ class CameraInfo:
     dtype: Literal["video", "image"]
     height: int  # pixels of the frame as stored (from info.json shape/names)
     width: int
+    depth: bool = False  # a depth map (is_depth_map in the feature's info): no RGB prompts
 
 
 @dataclass(frozen=True)
@@ -195,8 +196,22 @@ def cameras_from_info(info: Mapping[str, Any], path: Path) -> tuple[CameraInfo, 
         if dtype not in CAMERA_DTYPES:
             continue
         height, width = _frame_size(key, feature, path)
-        cams.append(CameraInfo(key=key, dtype=dtype, height=height, width=width))
+        depth = is_depth_map(feature)
+        cams.append(CameraInfo(key=key, dtype=dtype, height=height, width=width, depth=depth))
     return tuple(cams)
+
+
+def is_depth_map(feature: Mapping[str, Any]) -> bool:
+    """Whether a camera feature holds depth maps, as LeRobot marks them: ``is_depth_map`` in
+    the feature's ``info``, or the older ``video.is_depth_map`` there or in ``video_info``."""
+    info = feature.get("info")
+    video_info = feature.get("video_info")
+    marks = []
+    if isinstance(info, Mapping):
+        marks += [info.get("is_depth_map"), info.get("video.is_depth_map")]
+    if isinstance(video_info, Mapping):
+        marks.append(video_info.get("video.is_depth_map"))
+    return any(mark is True for mark in marks)
 
 
 def _frame_size(key: str, feature: Mapping[str, Any], path: Path) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import shutil
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -57,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _question_first(item: dict[str, Any]) -> tuple[str, str, int]:
+    """Display order of one frame's events: by style and camera, a VQA question before its
+    answer (the dataset stores events by style, role, camera: answers first)."""
+    return (item["style"] or "", item["camera"] or "", 0 if item["role"] == "user" else 1)
+
+
 def summarise(root: Path, run_id: str) -> str:
     """Counts by style, a few rows of the first episode, and the validator's verdict."""
     styles: Counter[str] = Counter()
@@ -81,7 +88,7 @@ def summarise(root: Path, run_id: str) -> str:
                     if first:
                         text = (item["content"] or "").replace("\n", " | ")
                         samples.append(f"  t={item['timestamp']:5.2f}s {item['style']:<12} {text}")
-            for item in e_rows:
+            for item in sorted(e_rows, key=_question_first):
                 row = row_from_dict(item)
                 styles[row.style or "speech"] += 1
                 if ep == min(episodes_seen) and len(samples) < 24:

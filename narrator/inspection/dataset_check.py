@@ -340,6 +340,10 @@ def check_annotated_dataset(root: Path) -> CheckReport:
                 persistent=ep.persistent or [],
                 events_by_frame=ep.events,
                 cameras=cameras,
+                # The run's --no-plan is not recorded in the dataset: an episode with no plan
+                # row at all was annotated with plans off (with plans on, every subtask start
+                # has one), so its interjections need none.
+                plans=any(r.style == "plan" for r in ep.persistent or []),
             )
         )
         report.episodes[episode] = _stats(ep)

@@ -10,6 +10,12 @@ must follow the episodes table rather than assume the two line up.
 Every video frame carries a code band (:mod:`narrator.samples.video`) that says which frame of
 which episode it is, so decode tests can check they got the right frame.
 
+Options the module tests need, all off by default (the defaults' bytes do not change):
+``depth_camera`` adds ``observation.images.depth``, a video camera marked as LeRobot marks
+depth maps (``info.is_depth_map``) whose frames are grey depth-like images (code band kept);
+``placeholder_tasks`` names the tasks as careless recordings do (``"debug"``, ``"pick cube"``,
+``"task_1"``...): placeholders and tasks shorter than three words.
+
 Invariants:
 * Deterministic: the same arguments give the same bytes (single-threaded x264; SVT-AV1 and
   parquet are deterministic as configured).
@@ -42,6 +48,9 @@ TASKS: tuple[str, ...] = (
     "wipe the table with the sponge",
     "press the yellow button",
 )
+# As many as TASKS, so the episodes draw the same task indices either way.
+PLACEHOLDER_TASKS: tuple[str, ...] = ("debug", "pick cube", "task_1", "TODO", "open drawer")
+DEPTH_CAMERA = "observation.images.depth"
 SUBTASKS: tuple[str, ...] = ("reach", "grasp", "move", "release", "retract")
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -115,6 +124,7 @@ def _info(
     height: int,
     codec_name: str | None,
     legacy: bool,
+    total_tasks: int,
 ) -> dict[str, Any]:
     joints = [f"joint_{i}" for i in range(_STATE_DIM)]
     features: dict[str, Any] = {
@@ -129,7 +139,7 @@ def _info(
                 "video.width": width,
                 "video.codec": codec_name,
                 "video.pix_fmt": "yuv420p",
-                "video.is_depth_map": False,
+                "video.is_depth_map": key == DEPTH_CAMERA,
                 "video.fps": fps,
                 "video.channels": 3,
                 "has_audio": False,
@@ -145,7 +155,7 @@ def _info(
         "robot_type": "synthetic_arm",
         "total_episodes": len(plans),
         "total_frames": sum(p.length for p in plans),
-        "total_tasks": len(TASKS),
+        "total_tasks": total_tasks,
         "chunks_size": chunks_size,
         "data_files_size_in_mb": 100,
         "video_files_size_in_mb": 500,
@@ -233,11 +243,16 @@ def _text_index_table(texts: tuple[str, ...], index_name: str) -> pa.Table:
 
 
 def _episodes_table(
-    plans: list[_EpisodePlan], camera_keys: list[str], fps: int, chunks_size: int, meta_file: int
+    plans: list[_EpisodePlan],
+    camera_keys: list[str],
+    fps: int,
+    chunks_size: int,
+    meta_file: int,
+    tasks: tuple[str, ...],
 ) -> pa.Table:
     fields: list[tuple[str, pa.DataType, list[Any]]] = [
         ("episode_index", pa.int64(), [p.index for p in plans]),
-        ("tasks", pa.list_(pa.string()), [[TASKS[p.task_index]] for p in plans]),
+        ("tasks", pa.list_(pa.string()), [[tasks[p.task_index]] for p in plans]),
         ("length", pa.int64(), [p.length for p in plans]),
         (
             "data/chunk_index",
@@ -293,7 +308,8 @@ def _write_videos(
         chunk, file = _chunk_file(number, chunks_size)
         for camera, key in enumerate(camera_keys):
             frames = (
-                scene_frame(
+                _frame(
+                    key,
                     width,
                     height,
                     file_frame=p.video_offset + i,
@@ -307,6 +323,16 @@ def _write_videos(
             )
             rel = VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
             write_video(root / rel, frames, fps=fps, codec=codec)
+
+
+def _frame(key: str, width: int, height: int, **scene: Any) -> np.ndarray:
+    """A camera's frame; the depth camera's is grey, brighter where the scene is nearer (the
+    code band survives: its bits are black and white)."""
+    image = scene_frame(width, height, **scene)
+    if key != DEPTH_CAMERA:
+        return image
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def _check_arguments(arguments: dict[str, int]) -> None:
@@ -342,10 +368,14 @@ def make_sample_dataset(
     seed: int = 0,
     with_legacy_subtask_index: bool = False,
     metadata_only: bool = False,
+    depth_camera: bool = False,
+    placeholder_tasks: bool = False,
 ) -> Path:
     """Write a synthetic LeRobot v3 dataset at ``root`` (absent or empty) and return ``root``.
 
-    ``metadata_only`` writes meta/ and data/ only and declares no cameras.
+    ``metadata_only`` writes meta/ and data/ only and declares no cameras. ``depth_camera``
+    adds a depth camera after the ``cameras`` RGB ones; ``placeholder_tasks`` uses
+    :data:`PLACEHOLDER_TASKS` as the task texts (see the module doc).
     """
     _check_arguments(
         {
@@ -366,21 +396,32 @@ def make_sample_dataset(
     rng = np.random.default_rng(seed)
     plans = _plan_episodes(rng, episodes, episodes_per_file, (min_length, max_length))
     keys = [] if metadata_only else [f"observation.images.{n}" for n in CAMERA_NAMES[:cameras]]
+    if depth_camera and not metadata_only:
+        keys.append(DEPTH_CAMERA)
+    tasks = PLACEHOLDER_TASKS if placeholder_tasks else TASKS
     encoder = pick_codec(codec) if keys else None
     codec_name = av.codec.Codec(encoder, "w").canonical_name if encoder else None
     info = _info(
-        plans, keys, fps, chunks_size, width, height, codec_name, with_legacy_subtask_index
+        plans,
+        keys,
+        fps,
+        chunks_size,
+        width,
+        height,
+        codec_name,
+        with_legacy_subtask_index,
+        len(tasks),
     )
     (root / "meta").mkdir(parents=True, exist_ok=True)
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4) + "\n", encoding="utf-8")
-    _write_parquet(_text_index_table(TASKS, "task_index"), root / "meta" / "tasks.parquet")
+    _write_parquet(_text_index_table(tasks, "task_index"), root / "meta" / "tasks.parquet")
     if with_legacy_subtask_index:
         subtasks = _text_index_table(SUBTASKS, "subtask_index")
         _write_parquet(subtasks, root / "meta" / "subtasks.parquet")
     for meta_file, first in enumerate(range(0, episodes, EPISODES_PER_META_FILE)):
         chunk, file = _chunk_file(meta_file, chunks_size)
         table = _episodes_table(
-            plans[first : first + EPISODES_PER_META_FILE], keys, fps, chunks_size, meta_file
+            plans[first : first + EPISODES_PER_META_FILE], keys, fps, chunks_size, meta_file, tasks
         )
         _write_parquet(table, root / EPISODES_PATH.format(chunk_index=chunk, file_index=file))
     for number, members in _group(plans, lambda p: p.data_number).items():

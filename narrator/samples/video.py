@@ -1,9 +1,14 @@
 """Synthetic video for sample datasets: coded scenes and an mp4 writer.
 
-Every frame carries a code band at the top: a row of blocks spelling, in binary, the frame's
-position in its mp4 file, and a second row spelling the episode index. The blocks are large
-and black/white, so the code survives lossy compression; :func:`read_frame_code` reads it back
-from a decoded frame, which lets decode tests check they got the right frame.
+Every frame shows the scene of its task (:mod:`narrator.samples.scene`): a few coloured
+objects on a grey table and an arm that moves one of them as the episode progresses, with a
+progress bar at the bottom. Camera 1 (and every odd camera) sees the table mirrored left to
+right, so the cameras' views differ.
+
+Every frame also carries a code band at the top: a row of blocks spelling, in binary, the
+frame's position in its mp4 file, and a second row spelling the episode index. The blocks are
+large and black/white, so the code survives lossy compression; :func:`read_frame_code` reads
+it back from a decoded frame, which lets decode tests check they got the right frame.
 
 Invariants: frames are RGB uint8 of even size; the mp4 holds frame k at k/fps; encoding is
 deterministic (one thread per encoder).
@@ -21,6 +26,8 @@ from typing import Any
 import av
 import numpy as np
 
+from narrator.samples.scene import BACKGROUND, PROGRESS_BAR, layout, scene_for_task
+
 CODE_BITS = 12
 CODE_BAND_ROWS = 8
 CODEC_PREFERENCE: tuple[str, ...] = ("libsvtav1", "libaom-av1", "libx264", "h264")
@@ -31,9 +38,7 @@ _CODEC_OPTIONS: dict[str, dict[str, str]] = {
     "h264": {"preset": "veryfast", "crf": "20"},
     "libx265": {"preset": "veryfast", "crf": "24", "x265-params": "log-level=error"},
 }
-_PALETTE = np.array(
-    [[70, 90, 120], [110, 80, 60], [60, 110, 70], [120, 110, 60], [90, 70, 120]], dtype=np.uint8
-)
+PROGRESS_BAR_ROWS = 4
 
 
 # --- video -------------------------------------------------------------------------------
@@ -122,20 +127,17 @@ def scene_frame(
     task_index: int,
     camera: int,
 ) -> np.ndarray:
-    """One synthetic RGB frame: task-coloured background, a cube and a gripper that move with
-    ``progress`` (0..1), a progress bar at the bottom, and the code band at the top."""
+    """One synthetic RGB frame: the task's scene at ``progress`` (0..1) of the episode (see
+    :func:`narrator.samples.scene.layout`), a progress bar at the bottom, the code band on top."""
     image = np.empty((height, width, 3), dtype=np.uint8)
-    image[:] = _PALETTE[task_index % len(_PALETTE)]
+    image[:] = BACKGROUND
     band = 2 * CODE_BAND_ROWS
-    size = max(4, height // 6)
-    cube_x = int((width - size) * (0.2 + 0.6 * progress))
-    cube_y = band + (height - band - size) // 2
-    image[cube_y : cube_y + size, cube_x : cube_x + size] = (200, 40 + 40 * camera, 40)
-    grip_x = int((width - size) * (1.0 - progress))
-    grip_y = band + 2
-    image[grip_y : grip_y + size // 2, grip_x : grip_x + size] = (230, 230, 230)
+    scene = scene_for_task(task_index)
+    for item in layout(scene, width, height, band, PROGRESS_BAR_ROWS, progress):
+        x1, y1, x2, y2 = item.box
+        image[y1:y2, x1:x2] = item.colour
     bar = max(1, round(width * progress))
-    image[height - 4 :, :bar] = (250, 200, 0)
+    image[height - PROGRESS_BAR_ROWS :, :bar] = PROGRESS_BAR
     if camera % 2:
         image[band:] = image[band:, ::-1]
     _paint_bits(image, file_frame, 0)

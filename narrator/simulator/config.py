@@ -38,18 +38,29 @@ class FaultConfig:
 class SimConfig:
     model: str = DEFAULT_MODEL
     slots: int = 8  # concurrent requests served; the rest wait in a FIFO queue
-    base_s: float = 0.0  # service time = base_s + per_image_s * images
-    per_image_s: float = 0.0  #                + per_output_token_s * completion_tokens
-    per_output_token_s: float = 0.0
+    base_s: float = 0.0  # service time = (base_s + per_image_s * images
+    per_image_s: float = 0.0  #   + per_output_token_s * completion_tokens)
+    per_output_token_s: float = 0.0  #   * (1 + occupancy_slowdown * busy share of the slots)
+    occupancy_slowdown: float = 0.0  # 0 = service time independent of how full the replica is
     image_tokens: int = 256  # prompt tokens counted per image
-    max_model_len: int = 32768  # prompt + max_tokens above this is rejected with 400
+    max_model_len: int = 32768  # max_tokens or a prompt above this is rejected with 400
     seed: int = 0  # seed of the per-replica fault sequence
     api_key: str | None = None  # like vllm --api-key: /v1/* needs "Authorization: Bearer KEY"
+    # Publish the slot count as ``simvlm_max_num_seqs`` on /metrics. Real vLLM publishes no
+    # capacity figure, so this is off unless a test asks for it.
+    publish_capacity: bool = False
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
 _RATES = {"error_rate", "hang_rate", "wrong_shape_rate", "garbage_rate", "truncate_rate"}
-_CAPACITY_FIELDS = {"slots", "base_s", "per_image_s", "per_output_token_s", "image_tokens"}
+_CAPACITY_FIELDS = {
+    "slots",
+    "base_s",
+    "per_image_s",
+    "per_output_token_s",
+    "occupancy_slowdown",
+    "image_tokens",
+}
 
 
 def _checked(name: str, value: Any, template: Any) -> Any:

@@ -5,7 +5,12 @@
 * :func:`start_fleet` / :class:`Fleet` - the same replicas on a private event loop in a daemon
   thread, driven from synchronous code (sync tests, benchmarks).
 * :func:`main` - ``python -m narrator.simulator --replicas N --port P`` serves N replicas on
-  consecutive ports until SIGINT/SIGTERM and writes one URL per line to stdout.
+  consecutive ports until SIGINT/SIGTERM and writes one URL per line to stdout. ``--faults
+  JSON`` applies to every replica, ``--replica-faults I=JSON`` (repeatable) to replica I only
+  (e.g. ``1={"hang_rate": 0.5}``: replica 1 never answers half its requests but still answers
+  /health); ``--api-key`` works like ``vllm serve --api-key``; ``--publish-capacity`` adds
+  the slot count to /metrics; ``--occupancy-slowdown`` turns on the occupancy term of the
+  latency model.
 
 Invariants: replicas listen on 127.0.0.1 unless told otherwise; port 0 picks a free port, and
 :meth:`AsyncFleet.start_replica` after :meth:`AsyncFleet.stop_replica` reuses the replica's
@@ -22,7 +27,7 @@ import dataclasses
 import signal
 import sys
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar
@@ -300,10 +305,52 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-s", type=float, default=SimConfig.base_s)
     parser.add_argument("--per-image-s", type=float, default=SimConfig.per_image_s)
     parser.add_argument("--per-output-token-s", type=float, default=SimConfig.per_output_token_s)
+    parser.add_argument(
+        "--occupancy-slowdown",
+        type=float,
+        default=SimConfig.occupancy_slowdown,
+        help="service time x (1 + K * busy share of the slots); 0 = off",
+    )
+    parser.add_argument("--max-model-len", type=int, default=SimConfig.max_model_len)
     parser.add_argument("--seed", type=int, default=SimConfig.seed)
+    parser.add_argument(
+        "--api-key", default=None, help="like vllm serve --api-key: /v1 routes need the key"
+    )
+    parser.add_argument(
+        "--publish-capacity",
+        action="store_true",
+        help="publish simvlm_max_num_seqs (the slot count) on /metrics; vLLM publishes none",
+    )
     parser.add_argument("--faults", default="{}", help='JSON object, e.g. {"think_tags": true}')
+    parser.add_argument(
+        "--replica-faults",
+        action="append",
+        default=[],
+        metavar="I=JSON",
+        help='settings of replica I only, e.g. 1={"hang_rate": 0.5} (repeatable)',
+    )
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
+
+
+def replica_configs(
+    base: SimConfig, replicas: int, shared: Mapping[str, Any], per_replica: Sequence[str]
+) -> list[SimConfig]:
+    """One config per replica: ``base`` with seed + i, ``shared`` settings, then each
+    ``I=JSON`` of ``per_replica`` on replica I (ValueError on a bad index or setting)."""
+    configs = [apply_updates(c, shared) for c in _configs(replicas, base)]
+    for spec in per_replica:
+        index_text, sep, body = spec.partition("=")
+        if not sep or not index_text.strip().isdigit():
+            raise ValueError(f"--replica-faults wants I=JSON, got {spec!r}")
+        index = int(index_text)
+        if index >= replicas:
+            raise ValueError(f"--replica-faults {index}: there are only {replicas} replica(s)")
+        updates = orjson.loads(body)
+        if not isinstance(updates, dict):
+            raise ValueError(f"--replica-faults {index}: the settings must be a JSON object")
+        configs[index] = apply_updates(configs[index], updates)
+    return configs
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -313,11 +360,15 @@ async def _serve(args: argparse.Namespace) -> None:
         base_s=args.base_s,
         per_image_s=args.per_image_s,
         per_output_token_s=args.per_output_token_s,
+        occupancy_slowdown=args.occupancy_slowdown,
+        max_model_len=args.max_model_len,
         seed=args.seed,
+        api_key=args.api_key,
+        publish_capacity=args.publish_capacity,
     )
-    config = apply_updates(config, orjson.loads(args.faults))
+    configs = replica_configs(config, args.replicas, orjson.loads(args.faults), args.replica_faults)
     ports = [0] * args.replicas if args.port == 0 else [args.port + i for i in range(args.replicas)]
-    fleet = await start_fleet_async(args.replicas, config, host=args.host, ports=ports)
+    fleet = await start_fleet_async(args.replicas, configs, host=args.host, ports=ports)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -341,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(_serve(args))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, orjson.JSONDecodeError) as exc:
         sys.stderr.write(f"simvlm: {exc}\n")
         return 2
     return 0

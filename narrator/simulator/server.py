@@ -1,17 +1,28 @@
 """The simulated OpenAI-compatible VLM server (aiohttp.web) of one replica.
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``, ``GET /metrics``
-(vLLM's request gauges plus ``simvlm_max_num_seqs``, the slot count, which narrator's client
-can probe), and the admin API: ``GET /admin/stats``, ``GET /admin/timeline``,
+Endpoints, shaped like vLLM 0.32's (see docs/CONFORMANCE.md for what was checked): ``GET
+/health``, ``GET /v1/models``, ``POST /v1/chat/completions``, ``GET /load`` (``{"server_load":
+N}``, the chat requests in flight), ``GET /metrics`` (vLLM's names and labels:
+``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+``vllm:num_requests_waiting_by_reason{reason=...}``, ``vllm:kv_cache_usage_perc``,
+``vllm:cache_config_info{...}``; no capacity figure unless ``publish_capacity`` is set, then
+``simvlm_max_num_seqs``), and the admin API: ``GET /admin/stats``, ``GET /admin/timeline``,
 ``GET|POST /admin/faults`` (flat JSON body of :mod:`narrator.simulator.config` fields),
 ``POST /admin/reset`` (counters; ``?faults=1`` also clears faults).
 
-Flow of a chat request: validate like vLLM (400/404 with ``{"error": {...}}``), wait
-``latency_s``, draw rate faults from the replica's own seeded sequence (error / hang first),
-compose the answer (deterministic: seeded by the request's ``seed`` and a hash of its
-messages), then hold one of ``slots`` FIFO slots for ``base_s + per_image_s * images +
-per_output_token_s * completion_tokens`` seconds. An answer longer than ``max_tokens`` is cut
-with finish_reason ``length``, as a real server would.
+Like vLLM: with an ``api_key``, every path under ``/v1`` (and ``/v2``, ``/inference``,
+``/cohere``) without ``Authorization: Bearer KEY`` (scheme in any case) answers 401
+``{"error": "Unauthorized"}``, unknown routes too; other paths are open. An unknown route is
+404 ``{"detail": "Not Found"}`` and a wrong method 405 ``{"detail": "Method Not Allowed"}``.
+After answering a 500 the server closes the kept-alive connection without announcing it.
+
+Flow of a chat request: fetch its ``http(s)`` image URLs (failure: 500), validate like vLLM
+(:mod:`narrator.simulator.requests`), wait ``latency_s``, draw rate faults from the replica's
+own seeded sequence (error / hang first), compose the answer (deterministic: seeded by the
+request's ``seed`` and a hash of its messages; VQA answers read the objects in the image,
+:mod:`narrator.simulator.vision`), then hold one of ``slots`` FIFO slots for the service time
+of :func:`narrator.simulator.capacity.service_time_s`. An answer longer than ``max_tokens``
+(or the context room left) is cut with finish_reason ``length``, as a real server would.
 
 The admin endpoints keep working while the ``dead`` fault drops every other connection.
 """
@@ -24,17 +35,29 @@ import functools
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from narrator.common.logging import get_logger
+from narrator.samples.scene import scene_for_text
 from narrator.simulator.answers import AnswerContext, generate_instance, wrong_shape
-from narrator.simulator.capacity import ServerStats, SlotPool
+from narrator.simulator.capacity import ServerStats, SlotPool, service_time_s
 from narrator.simulator.config import FaultConfig, SimConfig, apply_updates, describe
-from narrator.simulator.requests import ChatRequest, InvalidRequest, parse_chat_request
-from narrator.simulator.vocabulary import text_answer
+from narrator.simulator.metrics import metrics_text
+from narrator.simulator.requests import (
+    REMOTE_SCHEMES,
+    VALIDATION_ERROR_TYPE,
+    ChatRequest,
+    InvalidRequest,
+    image_urls,
+    parse_chat_request,
+)
+from narrator.simulator.vision import vqa_answer
+from narrator.simulator.vocabulary import objects_in_view, text_answer
 
 log = get_logger("narrator.simulator.server")
 
@@ -44,6 +67,9 @@ THINK_PREFIX = (
     '{"label": "cube"} would not be enough, so I will look again.\n</think>\n\n'
 )
 GARBAGE = "I am sorry, I cannot tell what happens in these images."
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")  # vLLM's --api-key guards these
+IMAGE_FETCH_TIMEOUT_S = 5.0  # vLLM's default VLLM_IMAGE_FETCH_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +105,14 @@ def compose_answer(
     request: ChatRequest, faults: FaultConfig, draw: FaultDraw, choice: int = 0
 ) -> tuple[str, str]:
     """(content, finish_reason) of one choice (pure)."""
+    scene = scene_for_text(request.text())
+    with objects_in_view(scene.in_view() if scene is not None else ()):
+        return _compose(request, faults, draw, choice)
+
+
+def _compose(
+    request: ChatRequest, faults: FaultConfig, draw: FaultDraw, choice: int
+) -> tuple[str, str]:
     rng = random.Random(content_seed(request, choice))
     if draw.garbage:
         body = GARBAGE
@@ -86,6 +120,10 @@ def compose_answer(
         body = text_answer(rng)
     elif draw.wrong_shape:
         body = orjson.dumps(wrong_shape(request.schema, rng)).decode()
+    elif (seen := vqa_answer(request.schema, request.first_image, rng, request.text())) is not None:
+        if faults.ignore_schema:
+            seen["confidence_note"] = "I am not sure about this."
+        body = orjson.dumps(seen).decode()
     else:
         defs = {**request.schema.get("definitions", {}), **request.schema.get("$defs", {})}
         ctx = AnswerContext(request.image_sizes, faults.ignore_schema, defs)
@@ -110,6 +148,29 @@ def completion_tokens(content: str) -> int:
 
 def error_response(status: int, message: str, param: str | None = None) -> web.Response:
     return web.json_response(InvalidRequest(status, message, param).body(), status=status)
+
+
+def _authorized(header: str | None, key: str) -> bool:
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and token == key
+
+
+async def fetch_images(body: Any) -> dict[str, bytes]:
+    """The bytes of every ``http(s)`` image URL of ``body``; InvalidRequest(500) on failure."""
+    urls = sorted({u for u in image_urls(body) if u.startswith(REMOTE_SCHEMES)})
+    if not urls:
+        return {}
+    fetched: dict[str, bytes] = {}
+    timeout = aiohttp.ClientTimeout(total=IMAGE_FETCH_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for url in urls:
+            try:
+                async with session.get(url) as response:
+                    response.raise_for_status()
+                    fetched[url] = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise InvalidRequest(500, str(exc) or type(exc).__name__) from exc
+    return fetched
 
 
 class SimServer:
@@ -141,11 +202,14 @@ class SimServer:
         return self.stats.snapshot(self.config.slots, self.slots.queued)
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app = web.Application(
+            client_max_size=256 * 1024 * 1024, middlewares=[self._guard, self._fastapi_errors]
+        )
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/load", self._load)
         app.router.add_get("/admin/stats", self._admin_stats)
         app.router.add_get("/admin/timeline", self._admin_timeline)
         app.router.add_get("/admin/faults", self._admin_get_faults)
@@ -162,61 +226,106 @@ class SimServer:
             request.transport.abort()
         return web.Response(status=503)
 
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """vLLM's AuthenticationMiddleware: guarded prefixes need the Bearer key."""
+        key = self.config.api_key
+        guarded = request.path.startswith(GUARDED_PREFIXES) and request.method != "OPTIONS"
+        if key is None or not guarded or self.config.faults.dead:
+            return await handler(request)
+        if _authorized(request.headers.get("Authorization"), key):
+            return await handler(request)
+        if request.path == "/v1/chat/completions":
+            self.stats.request_arrived()
+            self.stats.request_left(401)
+        return web.json_response({"error": "Unauthorized"}, status=401)
+
+    @web.middleware
+    async def _fastapi_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Unknown routes and wrong methods answer like FastAPI: ``{"detail": ...}``."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        except web.HTTPMethodNotAllowed as exc:
+            headers = {"Allow": ", ".join(sorted(exc.allowed_methods))}
+            return web.json_response({"detail": "Method Not Allowed"}, status=405, headers=headers)
+
     async def _health(self, request: web.Request) -> web.Response:
         if self.config.faults.dead:
             return self._drop(request)
         return web.Response(status=200)
 
-    def _unauthorized(self, request: web.Request) -> web.Response | None:
-        key = self.config.api_key
-        if key is None or request.headers.get("Authorization") == f"Bearer {key}":
-            return None
-        return error_response(401, "Unauthorized: missing or wrong API key")
-
     async def _models(self, request: web.Request) -> web.Response:
         if self.config.faults.dead:
             return self._drop(request)
-        if (refused := self._unauthorized(request)) is not None:
-            return refused
-        model = {"id": self.config.model, "object": "model", "owned_by": "narrator-simvlm"}
+        created = int(time.time())
+        model = {
+            "id": self.config.model,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": self.config.model,
+            "parent": None,
+            "max_model_len": self.config.max_model_len,
+        }
         return web.json_response({"object": "list", "data": [model]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.config.faults.dead:
             return self._drop(request)
-        name = self.config.model
-        text = (
-            f'vllm:num_requests_running{{model_name="{name}"}} {self.slots.busy}\n'
-            f'vllm:num_requests_waiting{{model_name="{name}"}} {self.slots.queued}\n'
-            f"simvlm_max_num_seqs {self.config.slots}\n"
+        text = metrics_text(
+            self.config.model,
+            running=self.slots.busy,
+            waiting=self.slots.queued,
+            slots=self.config.slots,
+            publish_capacity=self.config.publish_capacity,
         )
         return web.Response(text=text, content_type="text/plain")
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _load(self, request: web.Request) -> web.Response:
+        if self.config.faults.dead:
+            return self._drop(request)
+        return web.json_response({"server_load": self.stats.in_flight})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         if self.config.faults.dead:
             return self._drop(request)
         arrival = self.stats.request_arrived()
         status = 499  # client went away before an answer (nginx's convention)
         try:
-            refused = self._unauthorized(request)
-            response = refused or await self._answer_chat(request, arrival)
+            response = await self._answer_chat(request, arrival)
             status = response.status
+            if status == 500:
+                return await self._answer_then_close(request, response)
             return response
         finally:
             self.stats.request_left(status)
+
+    @staticmethod
+    async def _answer_then_close(request: web.Request, response: web.Response) -> web.Response:
+        """Send ``response`` in full, then close the connection unannounced (vLLM does so
+        after a 500: the client's next request on that connection is reset)."""
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
+        return response
 
     async def _parse(self, request: web.Request) -> ChatRequest:
         raw = await request.read()
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(400, f"request body is not valid JSON: {exc}") from exc
+            message = f"1 validation error:\n  {{'loc': 'body', 'msg': 'JSON decode error: {exc}'}}"
+            raise InvalidRequest(400, message, "body", VALIDATION_ERROR_TYPE) from exc
         parse = functools.partial(
             parse_chat_request,
             body,
             model=self.config.model,
             max_model_len=self.config.max_model_len,
             image_tokens=self.config.image_tokens,
+            fetched=await fetch_images(body),
         )
         return await asyncio.to_thread(parse) if b"image_url" in raw else parse()
 
@@ -226,6 +335,9 @@ class SimServer:
         except InvalidRequest as exc:
             log.debug("simvlm rejected request", status=exc.status, reason=exc.message)
             return web.json_response(exc.body(), status=exc.status)
+        if chat.ignored_fields:
+            self.stats.ignored_fields.update(chat.ignored_fields)
+            log.warning("simvlm ignored request fields", fields=list(chat.ignored_fields))
         config = self.config
         self.stats.by_schema[chat.schema_name] += 1
         self.stats.images += len(chat.image_sizes)
@@ -239,16 +351,24 @@ class SimServer:
             self.stats.hung += 1
             await asyncio.sleep(HANG_S)
             return error_response(504, "simulated hang ended")
-        choices = [compose_answer(chat, config.faults, draw, i) for i in range(chat.n)]
+        compose = functools.partial(
+            lambda c: [compose_answer(c, config.faults, draw, i) for i in range(c.n)], chat
+        )
+        choices = await asyncio.to_thread(compose) if chat.first_image is not None else compose()
         prompt_tokens = chat.prompt_tokens(config.image_tokens)
         output_tokens = sum(completion_tokens(content) for content, _ in choices)
-        service_s = (
-            config.base_s
-            + config.per_image_s * len(chat.image_sizes)
-            + config.per_output_token_s * output_tokens
-        )
         await self.slots.acquire()
         start = self.stats.service_started()
+        service_s = service_time_s(
+            base_s=config.base_s,
+            per_image_s=config.per_image_s,
+            per_output_token_s=config.per_output_token_s,
+            occupancy_slowdown=config.occupancy_slowdown,
+            images=len(chat.image_sizes),
+            completion_tokens=output_tokens,
+            busy=self.slots.busy,
+            slots=self.slots.capacity,
+        )
         try:
             if service_s > 0:
                 await asyncio.sleep(service_s)

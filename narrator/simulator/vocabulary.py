@@ -3,12 +3,17 @@
 Strings in simulated answers come from here, chosen by the property they fill, so they read
 like a model's answers (labels are objects, ``utterance`` is something a robot says, steps and
 subtask labels are imperative actions) and never like random letters. ``{o}`` in a template is
-replaced by one of :data:`OBJECTS`.
+replaced by one of :data:`OBJECTS`, or, inside :func:`objects_in_view`, by one of the objects
+the request's images show (the sample scene of the task its prompt names), so plans and
+subtasks talk about the objects in the video.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 
 OBJECTS = (
     "red cube",
@@ -78,8 +83,25 @@ ATTRIBUTES = ("color", "shape", "material", "size", "state")
 VALUES = ("red", "blue", "round", "plastic", "small", "open", "closed", "wooden", "green")
 
 
+_IN_VIEW: ContextVar[tuple[str, ...]] = ContextVar("simvlm_objects_in_view", default=())
+
+
+@contextlib.contextmanager
+def objects_in_view(objects: Sequence[str]) -> Iterator[None]:
+    """Fill ``{o}`` (and object labels) from ``objects`` in this context, if any are given."""
+    token = _IN_VIEW.set(tuple(objects))
+    try:
+        yield
+    finally:
+        _IN_VIEW.reset(token)
+
+
+def an_object(rng: random.Random) -> str:
+    return rng.choice(_IN_VIEW.get() or OBJECTS)
+
+
 def fill(template: str, rng: random.Random) -> str:
-    return template.format(o=rng.choice(OBJECTS))
+    return template.format(o=an_object(rng))
 
 
 def question_for_answer(answer_schema: object, rng: random.Random) -> str | None:
@@ -105,7 +127,7 @@ def phrase_for(path: str, rng: random.Random) -> str:
     if in_plan and any(w in key for w in ("label", "name", "text", "step", "action", "rephras")):
         return fill(rng.choice(ACTIONS), rng)
     if any(w in key for w in ("label", "object", "subject", "name", "target", "item")):
-        return rng.choice(OBJECTS)
+        return an_object(rng)
     if "attribute" in key or key == "property":
         return rng.choice(ATTRIBUTES)
     if "value" in key or "colou" in key:

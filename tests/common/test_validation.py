@@ -260,6 +260,32 @@ def test_interjection_needs_speech_and_plan() -> None:
     assert "plan row" in found[0].message
 
 
+def test_with_plans_off_an_interjection_needs_its_speech_atom_only() -> None:
+    persistent, events = good_episode()
+    without_plans = [r for r in persistent if r.style != "plan"]
+    assert rules(run(without_plans, events)) == ["interjection_incomplete"]
+    found = validate_episode(
+        episode=7,
+        frame_timestamps=TS,
+        persistent=without_plans,
+        events_by_frame=events,
+        cameras=CAMS,
+        plans=False,
+    )
+    assert found == []
+    events[15] = [ev("interjection", "be gentle")]  # the speech atom is still required
+    found = validate_episode(
+        episode=7,
+        frame_timestamps=TS,
+        persistent=without_plans,
+        events_by_frame=events,
+        cameras=CAMS,
+        plans=False,
+    )
+    assert rules(found) == ["interjection_incomplete"]
+    assert "speech atom" in found[0].message and "plan" not in found[0].message
+
+
 @pytest.mark.parametrize("qtype", sorted(ANSWERS))
 def test_each_answer_shape_matches_only_its_type(qtype: str) -> None:
     text = orjson.dumps(ANSWERS[qtype]).decode()

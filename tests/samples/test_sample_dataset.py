@@ -15,7 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from narrator.samples.dataset import SUBTASKS, TASKS, make_sample_dataset
+from narrator.common.dataset.reader import load_dataset_meta
+from narrator.samples.dataset import (
+    DEPTH_CAMERA,
+    PLACEHOLDER_TASKS,
+    SUBTASKS,
+    TASKS,
+    make_sample_dataset,
+)
 from narrator.samples.video import encoder_works, read_frame_code
 
 
@@ -151,6 +158,34 @@ def test_legacy_subtask_index(tmp_path: Path) -> None:
     table = pq.read_table(root / "data/chunk-000/file-000.parquet")
     values = set(table.column("subtask_index").to_pylist())
     assert len(values) >= 3 and values <= set(range(len(SUBTASKS)))
+
+
+def test_depth_camera_and_placeholder_tasks(sample: Path, tmp_path: Path) -> None:
+    root = make_sample_dataset(
+        tmp_path / "depth", episodes=4, cameras=1, depth_camera=True, placeholder_tasks=True
+    )
+    meta = load_dataset_meta(root)
+    assert [(c.key, c.depth) for c in meta.cameras] == [
+        ("observation.images.top", False),
+        (DEPTH_CAMERA, True),
+    ]
+    info = json.loads((root / "meta/info.json").read_text(encoding="utf-8"))
+    assert info["features"][DEPTH_CAMERA]["info"]["video.is_depth_map"] is True
+    assert info["total_tasks"] == len(PLACEHOLDER_TASKS)
+    frame = pd.read_parquet(root / "meta/tasks.parquet")
+    assert list(frame.index) == list(PLACEHOLDER_TASKS)
+    assert {t for ep in meta.episodes.values() for t in ep.tasks} <= set(PLACEHOLDER_TASKS)
+    path = root / f"videos/{DEPTH_CAMERA}/chunk-000/file-000.mp4"
+    with av.open(str(path)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    assert read_frame_code(image.astype(np.uint8)) == (0, 0), "the code band survives"
+    spread = np.abs(image[:, :, 0] - image[:, :, 1]) + np.abs(image[:, :, 1] - image[:, :, 2])
+    assert float(spread.mean()) < 6, "grey frames"
+    # the same episodes and lengths as without the options; the defaults are untouched
+    plain = make_sample_dataset(tmp_path / "plain", episodes=4, cameras=1)
+    assert _episodes(plain).column("length") == _episodes(root).column("length")
+    assert not any(c.depth for c in load_dataset_meta(sample).cameras)
+    assert list(pd.read_parquet(sample / "meta/tasks.parquet").index) == list(TASKS)
 
 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:

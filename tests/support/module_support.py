@@ -38,6 +38,7 @@ from narrator.workers.frames import EncodedFrame
 from narrator.workers.modules.base import EpisodeContext
 from narrator.workers.vlm_api import AnswerParser, ChatAnswer, ChatRequest
 from narrator.workers.vlm_client import VLMClient
+from narrator.writer.merge import yield_to_interjections
 
 T = TypeVar("T")
 
@@ -81,6 +82,7 @@ def make_context(
     n_frames: int = 120,
     fps: float = 10.0,
     cameras: Sequence[str] = ("observation.images.top",),
+    depth_cameras: Sequence[str] = (),
     settings: AnnotationSettings | None = None,
     upstream: Mapping[str, ModuleResult] | None = None,
     frame_source: PillowFrameSource | None = None,
@@ -89,7 +91,13 @@ def make_context(
 ) -> EpisodeContext:
     source = frame_source or PillowFrameSource()
     camera_infos = tuple(
-        CameraInfo(key=key, dtype="video", height=source.stored[1], width=source.stored[0])
+        CameraInfo(
+            key=key,
+            dtype="video",
+            height=source.stored[1],
+            width=source.stored[0],
+            depth=key in depth_cameras,
+        )
         for key in cameras
     )
     episode = Episode(
@@ -152,6 +160,25 @@ class RecordingClient(VLMClient):
         return [c for c in self.calls if c["schema_name"] == schema_name]
 
 
+class RejectingClient(RecordingClient):
+    """A recording client that finds every answer to the schemas in ``rejected`` unusable (its
+    parser raises, so the client's corrective retry runs and the item fails): the requests
+    still go over HTTP to the simulator; only the verdict on their answers changes."""
+
+    def __init__(self, settings: VLMSettings, rejected: frozenset[str]) -> None:
+        super().__init__(settings)
+        self.rejected = rejected
+
+    async def ask(self, request: ChatRequest, parse: AnswerParser[T]) -> ChatAnswer[T]:
+        if request.schema_name not in self.rejected:
+            return await super().ask(request, parse)
+
+        def refuse(data: dict[str, Any]) -> T:
+            raise ValueError("this test finds every such answer unusable")
+
+        return await super().ask(request, refuse)
+
+
 def prompt_text(call: Mapping[str, Any]) -> str:
     """The text parts of the (one) user message of a recorded call."""
     content = call["messages"][0]["content"]
@@ -168,12 +195,15 @@ def image_count(call: Mapping[str, Any]) -> int:
 
 
 @asynccontextmanager
-async def sim_client(replicas: int = 2, **vlm: Any) -> AsyncIterator[tuple[Any, RecordingClient]]:
-    """A simulated fleet on free ports and a started client pointed at it."""
+async def sim_client(
+    replicas: int = 2, *, rejected: frozenset[str] = frozenset(), **vlm: Any
+) -> AsyncIterator[tuple[Any, RecordingClient]]:
+    """A simulated fleet on free ports and a started client pointed at it (a
+    :class:`RejectingClient` when ``rejected`` names schemas)."""
     fleet = await start_fleet_async(replicas)
     try:
         settings = VLMSettings(urls=tuple(fleet.urls), model=SIM_MODEL, **vlm)
-        client = RecordingClient(settings)
+        client = RejectingClient(settings, rejected) if rejected else RecordingClient(settings)
         await client.start()
         try:
             yield fleet, client
@@ -188,9 +218,36 @@ def contract_findings(
     module: str,
     rows: Sequence[StagedRow],
     vqa_types: Mapping[tuple[int, str], str] | None = None,
+    plans: bool = True,
 ) -> list[Finding]:
     """Check ``rows`` the way the writer will: module styles, then SPEC section 4 rules."""
     check_module_rows(module, list(rows))
+    return _findings(ctx, rows, vqa_types, plans)
+
+
+def episode_findings(
+    ctx: EpisodeContext, rows_by_module: Mapping[str, Sequence[StagedRow]], plans: bool = True
+) -> list[Finding]:
+    """Check several modules' rows of one episode together, as the writer assembles them
+    (the plan module's plan rows yield to interjections on their frames)."""
+    combined: list[StagedRow] = []
+    interjection_frames = {
+        r.frame for rows in rows_by_module.values() for r in rows if r.style == "interjection"
+    }
+    for module, rows in rows_by_module.items():
+        check_module_rows(module, list(rows))
+        if module == "plan":
+            rows = yield_to_interjections(rows, interjection_frames)
+        combined.extend(rows)
+    return _findings(ctx, combined, None, plans)
+
+
+def _findings(
+    ctx: EpisodeContext,
+    rows: Sequence[StagedRow],
+    vqa_types: Mapping[tuple[int, str], str] | None,
+    plans: bool,
+) -> list[Finding]:
     persistent: list[LanguageRow] = []
     events: dict[int, list[LanguageRow]] = {}
     for row in rows:
@@ -210,6 +267,7 @@ def contract_findings(
         events_by_frame={f: sort_events(rs) for f, rs in events.items()},
         cameras=[c.key for c in ctx.cameras],
         vqa_types=vqa_types,
+        plans=plans,
     )
 
 

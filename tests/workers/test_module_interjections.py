@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from narrator.common.config import AnnotationSettings, InterjectionSettings
+from narrator.common.config import AnnotationSettings, InterjectionSettings, PlanSettings
 from narrator.common.errors import ContractError
 from narrator.common.staging import MODULE_STYLES, ModuleResult, StagedRow
 from narrator.workers.modules.base import EpisodeContext
@@ -15,9 +15,11 @@ from narrator.workers.modules.interjections import choose_boundaries, run_interj
 from narrator.workers.modules.plan import run_plan
 from narrator.workers.modules.schemas import SCHEMA_NAMES
 from narrator.workers.modules.spans import Span
+from narrator.writer.merge import yield_to_interjections
 from tests.support.module_support import (
     PillowFrameSource,
     contract_findings,
+    episode_findings,
     errors,
     image_count,
     make_context,
@@ -187,14 +189,58 @@ async def test_interjections_follow_a_real_plan_result_without_cameras() -> None
     assert set(out.extra["interjection_frames"]) <= set(boundaries)
     assert len(out.extra["interjection_frames"]) == min(3, len(boundaries))
     assert all(image_count(c) == 0 for c in client.calls if c["module"] == "interjections")
-    # the two modules' rows together still obey the contract (one plan per timestamp...)
-    combined = [*plan.rows, *out.rows]
-    findings = contract_findings(ctx, "plan", plan.rows) + contract_findings(
-        ctx, "interjections", out.rows
+    # the two modules' rows together obey the contract: on an interjection's frame the
+    # refreshed plan replaces the plan module's scheduled one (one plan per timestamp)
+    findings = episode_findings(ctx, {"plan": plan.rows, "interjections": out.rows})
+    assert findings == [], findings
+    scheduled = {r.frame: r.content for r in plan.rows if r.style == "plan"}
+    refreshed = {r.frame: r.content for r in out.rows if r.style == "plan"}
+    assert set(refreshed) == set(out.extra["interjection_frames"]) <= set(scheduled)
+    kept = yield_to_interjections(plan.rows, out.extra["interjection_frames"])
+    assert {r.frame for r in kept if r.style == "plan"} == set(scheduled) - set(refreshed)
+    assert [r for r in kept if r.style != "plan"] == [r for r in plan.rows if r.style != "plan"]
+
+
+async def test_no_plan_means_no_refresh_request_and_no_plan_row() -> None:
+    settings = AnnotationSettings(
+        plan=PlanSettings(emit_plan=False),
+        interjections=InterjectionSettings(max_interjections=3, interjection_min_s=0.0),
     )
-    assert errors(findings) == []
-    plan_frames = [r.frame for r in combined if r.style == "plan"]
-    assert len(plan_frames) == len(set(plan_frames))
+    ctx = _context(settings=settings)
+    async with sim_client(replicas=1) as (_fleet, client):
+        out = await run_interjections(ctx, client)
+    assert client.calls_named(SCHEMA_NAMES["plan_refresh"]) == []
+    assert not [r for r in out.rows if r.style == "plan"]
+    frames = [r.frame for r in out.rows if r.style == "interjection"]
+    assert frames == [30, 60, 90]
+    speech = [r.frame for r in out.rows if r.style is None and r.frame > 0]
+    assert speech == frames
+    assert contract_findings(ctx, "interjections", out.rows, plans=False) == []
+    missing = errors(contract_findings(ctx, "interjections", out.rows, plans=True))
+    assert {f.rule for f in missing} == {"interjection_incomplete"}, "the rule needs plans on"
+
+
+async def test_prompts_use_the_task_the_plan_module_used() -> None:
+    result = ModuleResult(
+        module="plan",
+        episode=3,
+        module_hash="h",
+        extra={"subtasks": [s.to_dict() for s in SPANS], "task": "stack the cups on the tray"},
+    )
+    settings = AnnotationSettings(
+        interjections=InterjectionSettings(max_interjections=1, interjection_min_s=0.0)
+    )
+    ctx = make_context(
+        task="debug",
+        settings=settings,
+        upstream={"plan": ModuleResult.decode(result.encode())},
+    )
+    async with sim_client(replicas=1) as (_fleet, client):
+        await run_interjections(ctx, client)
+    assert len(client.calls) == 3
+    for call in client.calls:
+        assert "stack the cups on the tray" in prompt_text(call)
+        assert '"debug"' not in prompt_text(call)
 
 
 async def test_only_the_acknowledgement_when_no_boundary_qualifies() -> None:

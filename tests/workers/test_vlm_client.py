@@ -321,8 +321,13 @@ async def test_least_loaded_choice_sends_less_to_a_slow_replica(fleet: AsyncFlee
     assert counts[0] <= 3 and min(counts[1:]) >= 7, counts
 
 
-async def test_budget_is_probed_from_metrics_when_not_configured(fleet: AsyncFleet) -> None:
-    async with VLMClient(settings(fleet, max_in_flight_per_replica=None)) as client:
+async def test_budget_is_probed_from_metrics_when_not_configured() -> None:
+    # Real vLLM publishes no capacity figure; the simulator does only when asked to.
+    config = SimConfig(slots=8, publish_capacity=True)
+    async with (
+        await start_fleet_async(3, config) as fleet,
+        VLMClient(settings(fleet, max_in_flight_per_replica=None)) as client,
+    ):
         assert [r.budget for r in client.pool.replicas] == [10, 10, 10]  # 8 slots + 25%
 
 

@@ -10,6 +10,7 @@ Invariants: pure; returned texts are stripped, on one line, and never empty.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,8 +58,70 @@ def parse_subtasks(data: Mapping[str, Any], n_frames: int) -> list[tuple[int, st
     return pairs
 
 
+TIME_TOLERANCE_S = 0.5  # a start this far outside the window is clamped, not refused
+
+
+def parse_sheet_subtasks(
+    data: Mapping[str, Any], start_s: float, end_s: float
+) -> list[tuple[float, str]]:
+    """``(start time, label)`` pairs of a contact-sheet subtasks answer; times lie in
+    ``start_s..end_s`` (a start up to :data:`TIME_TOLERANCE_S` outside is clamped)."""
+    items = data.get("subtasks")
+    if not isinstance(items, list) or not items:
+        raise ValueError('"subtasks" must be a non-empty list of {"start_s", "label"}')
+    pairs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"subtask {i} must be an object")
+        start = item.get("start_s")
+        value = float(start) if isinstance(start, int | float) else math.nan
+        if isinstance(start, bool) or not (
+            start_s - TIME_TOLERANCE_S <= value <= end_s + TIME_TOLERANCE_S
+        ):
+            raise ValueError(
+                f'subtask {i}: "start_s" must be a number of seconds from {start_s:.2f} to '
+                f"{end_s:.2f} (a time printed on the tiles)"
+            )
+        pairs.append((min(max(value, start_s), end_s), _text(item, "label")))
+    return pairs
+
+
+def parse_description(data: Mapping[str, Any]) -> str:
+    return _text(data, "description")
+
+
+def parse_relabel(data: Mapping[str, Any]) -> str:
+    return _text(data, "subtask_label")
+
+
+def parse_task(data: Mapping[str, Any]) -> str:
+    return _text(data, "task")
+
+
+def parse_axes(data: Mapping[str, Any], counts: Mapping[str, int], task: str) -> list[str]:
+    """The variants of an axes answer in axis order (at most each axis's count), without
+    repeats and without copies of the task (compared ignoring case)."""
+    seen = {one_line(task).casefold()}
+    out = []
+    for axis, count in counts.items():
+        value = data.get(axis, [])
+        if not isinstance(value, list):
+            raise ValueError(f'"{axis}" must be a list of strings')
+        kept = 0
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f'item {i} of "{axis}" must be a string')
+            text = one_line(item)
+            if kept >= count or not text or text.casefold() in seen:
+                continue
+            seen.add(text.casefold())
+            out.append(text)
+            kept += 1
+    return out
+
+
 def parse_steps(data: Mapping[str, Any]) -> list[str]:
-    """The steps of a plan answer, without any numbering the model may have added."""
+    """The steps of a refreshed plan, without any numbering the model may have added."""
     steps = []
     for step in _texts(data, "steps"):
         head, _, rest = step.partition(" ")

@@ -7,8 +7,9 @@
   answer once, and returns the parsed value or the item's failure (value-or-failure: callers
   branch on ``isinstance(got, Failure)``). The client counts requests and tokens; modules
   count nothing.
-* :func:`gather_all` runs independent requests concurrently; if one raises, the others are
-  cancelled before the error propagates (no orphaned requests).
+* :func:`gather_all` (and :func:`gather_pair` for two results of different types) runs
+  independent requests concurrently; if one raises, the others are cancelled before the
+  error propagates (no orphaned requests).
 * :data:`ITEM_ERRORS` are the errors that fail one item, recorded as a
   :class:`~common.staging.Failure` by :func:`item_failure`; anything else (a VLM that stays
   unavailable, an undecodable video) propagates and fails the job, which rq may retry.
@@ -34,6 +35,7 @@ ITEM_ERRORS: tuple[type[Exception], ...] = (BadAnswerError, VLMRequestRejectedEr
 
 _log = get_logger(__name__)
 _T = TypeVar("_T")
+_U = TypeVar("_U")
 
 
 @dataclass
@@ -119,6 +121,21 @@ async def gather_all(coroutines: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def gather_pair(
+    first: Coroutine[Any, Any, _T], second: Coroutine[Any, Any, _U]
+) -> tuple[_T, _U]:
+    """:func:`gather_all` for two coroutines of different result types."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return tasks[0].result(), tasks[1].result()
 
 
 def merge(parts: Sequence[Collected]) -> Collected:

@@ -1,31 +1,38 @@
 """The interjections module (SPEC section 3): spoken acknowledgement, interjections, replanning.
 
-Reads the subtask spans the plan module recorded in ``ctx.upstream["plan"].extra["subtasks"]``.
+Reads the subtask spans and the effective task the plan module recorded in
+``ctx.upstream["plan"].extra`` (``subtasks``, ``task``): every prompt uses the plan's task, so
+a task derived from the video reaches these prompts too.
 
 * Frame 0: a speech atom with the robot's short spoken acknowledgement of the task.
 * Up to ``max_interjections`` subtask boundaries (span starts other than frame 0 whose stored
   timestamp is at least ``interjection_min_s``), chosen with
   ``random.Random(ctx.seed_for("interjections"))`` so the choice is fixed per run seed and
   episode. For each, one request sees ``context_frames`` frames around the boundary (half a
-  second apart, half before it; first camera of the dataset, or a text-only prompt without
-  cameras) and the label of the subtask that follows, and returns what a person says and what
-  the robot replies. A second request rewrites the plan from the remaining subtasks and the
-  interjection. On the boundary frame the module emits the ``interjection`` row (user), a
-  speech atom with the reply, and the refreshed ``plan`` row (persistent, assistant).
+  second apart, half before it; the view camera of :func:`common.cameras.view_camera`, the
+  same as the plan module's, or a text-only prompt without one) and the label of the
+  subtask that follows, and returns what a person says and what the robot replies. When
+  plans are on (``plan.emit_plan``), a second request rewrites the plan from the remaining
+  subtasks and the interjection. On the boundary frame the module emits the ``interjection``
+  row (user), a speech atom with the reply, and the refreshed ``plan`` row (persistent,
+  assistant). That row supersedes the plan module's scheduled plan row on the same frame
+  (the writer keeps only this one).
 
-Invariant: an interjection is emitted only together with its speech atom and plan row; if
-either request fails, none of the three is emitted and the item is a failure. The
+Invariant: an interjection is emitted only together with its speech atom and, when plans are
+on, its plan row; if a request fails, none of them is emitted and the item is a failure. The
 acknowledgement and every interjection run concurrently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from narrator.common.cameras import view_camera
 from narrator.common.contract import say_tool_call
 from narrator.common.errors import ContractError
 from narrator.common.staging import Failure, StagedRow
@@ -87,6 +94,13 @@ def choose_boundaries(
     return sorted(random.Random(seed).sample(candidates, count))
 
 
+def upstream_task(ctx: EpisodeContext) -> str:
+    """The effective task the plan module used (the dataset's task for older results)."""
+    plan = ctx.upstream.get("plan")
+    task = plan.extra.get("task") if plan is not None else None
+    return task if isinstance(task, str) and task else ctx.task
+
+
 def upstream_spans(ctx: EpisodeContext) -> list[Span]:
     """The plan module's spans for this episode; ``ContractError`` when they are missing."""
     plan = ctx.upstream.get("plan")
@@ -133,9 +147,10 @@ async def _interjection_messages(
         "next_subtask": spans[index].label,
         "time_s": f"{ctx.time_of(boundary):.2f}",
     }
-    if not ctx.cameras:
+    view = view_camera(ctx.settings, ctx.cameras)
+    if view is None:
         return user_message(ctx.prompts.render("interjections.interjection_text", **values))
-    camera = ctx.cameras[0].key
+    camera = view.key
     step = max(1, round(ctx.fps * CONTEXT_STEP_S))
     frames = spread_frames(boundary, ctx.settings.interjections.context_frames, step, ctx.length)
     images = await ctx.frame_source.get(camera, frames)
@@ -165,6 +180,12 @@ async def _interjection(
     if isinstance(heard, Failure):
         return Collected(failures=[heard])
     said, reply = heard
+    said_rows = [
+        StagedRow(column="events", frame=boundary, role="user", content=said, style="interjection"),
+        speech_row(boundary, reply),
+    ]
+    if not ctx.settings.plan.emit_plan:
+        return Collected(rows=said_rows)
     remaining = [s.label for s in spans[index:]]
     max_steps = len(remaining) + 1
     prompt = ctx.prompts.render(
@@ -189,26 +210,16 @@ async def _interjection(
     )
     if isinstance(plan, Failure):
         return Collected(failures=[plan])
-    return Collected(
-        rows=[
-            StagedRow(
-                column="events", frame=boundary, role="user", content=said, style="interjection"
-            ),
-            speech_row(boundary, reply),
-            StagedRow(
-                column="persistent",
-                frame=boundary,
-                role="assistant",
-                content=numbered(plan),
-                style="plan",
-            ),
-        ]
+    plan_row = StagedRow(
+        column="persistent", frame=boundary, role="assistant", content=numbered(plan), style="plan"
     )
+    return Collected(rows=[*said_rows, plan_row])
 
 
 async def run_interjections(ctx: EpisodeContext, client: VLM) -> ModuleOutput:
     """Annotate one episode with the acknowledgement and interjections (see module doc)."""
     spans = upstream_spans(ctx)
+    ctx = dataclasses.replace(ctx, task=upstream_task(ctx))
     settings = ctx.settings.interjections
     chosen = choose_boundaries(
         spans,

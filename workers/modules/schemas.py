@@ -18,15 +18,19 @@ from typing import Any
 
 LABEL_MAX_CHARS = 120
 SENTENCE_MAX_CHARS = 240
+DESCRIPTION_MAX_CHARS = 2000
 SPATIAL_RELATIONS: tuple[str, ...] = ("left_of", "right_of", "on", "in", "above", "below", "near")
 MAX_DETECTIONS = 5
 MAX_COUNT = 100
 
 SCHEMA_NAMES: dict[str, str] = {
     "subtasks": "plan_subtasks",
-    "plan": "plan_steps",
+    "describe": "plan_describe",
+    "relabel": "plan_relabel",
+    "derive_task": "plan_derive_task",
     "memory": "plan_memory",
     "task_aug": "plan_task_aug",
+    "task_aug_axes": "plan_task_aug_axes",
     "ack": "interjections_ack",
     "interjection": "interjections_interjection",
     "plan_refresh": "interjections_plan_refresh",
@@ -61,8 +65,53 @@ def subtasks_schema(n_frames: int, max_subtasks: int) -> dict[str, Any]:
     )
 
 
+def sheet_subtasks_schema(start_s: float, end_s: float, max_subtasks: int) -> dict[str, Any]:
+    """Subtask spans of one contact-sheet window: each names the episode time (seconds, as
+    printed on the tiles, within ``start_s..end_s``) at which it starts, and a label."""
+    span = _closed(
+        {
+            "start_s": {"type": "number", "minimum": start_s, "maximum": max(start_s, end_s)},
+            "label": _text(3, LABEL_MAX_CHARS),
+        }
+    )
+    return _closed(
+        {"subtasks": {"type": "array", "items": span, "minItems": 1, "maxItems": max_subtasks}}
+    )
+
+
+def describe_schema() -> dict[str, Any]:
+    """A chronological description of what the robot visibly does."""
+    return _closed({"description": _text(10, DESCRIPTION_MAX_CHARS)})
+
+
+def relabel_schema() -> dict[str, Any]:
+    """The corrected label of one fixed segment."""
+    return _closed({"subtask_label": _text(3, LABEL_MAX_CHARS)})
+
+
+def derive_task_schema() -> dict[str, Any]:
+    """The task an episode shows, as one instruction sentence."""
+    return _closed({"task": _text(3, SENTENCE_MAX_CHARS)})
+
+
+def task_aug_axes_schema(counts: dict[str, int]) -> dict[str, Any]:
+    """Task variants per named axis; an axis gets at most its count (fewer when the task has
+    nothing to omit on it)."""
+    return _closed(
+        {
+            axis: {
+                "type": "array",
+                "items": _text(3, SENTENCE_MAX_CHARS),
+                "minItems": 0,
+                "maxItems": count,
+            }
+            for axis, count in counts.items()
+        }
+    )
+
+
 def steps_schema(max_steps: int) -> dict[str, Any]:
-    """A plan: the steps still to do, in order (numbered by the caller, not the model)."""
+    """A refreshed plan: the steps still to do, in order (numbered by the caller)."""
     steps = {
         "type": "array",
         "items": _text(3, LABEL_MAX_CHARS),

@@ -3,7 +3,9 @@
 The plan module shows the VLM the frames sampled across an episode. When there are more than
 a request's frame budget, the samples are cut into windows that overlap by a few frames
 (:func:`plan_windows`). Each window answers with subtask starts given as *positions among the
-frames it was shown*; :func:`window_boundaries` turns them into episode frame indices.
+frames it was shown* (one image per frame; :func:`window_boundaries`) or as *episode times*
+read off contact-sheet badges (:func:`window_boundaries_at_times`, which snaps each time to
+the nearest stored frame inside the window); both give episode frame indices.
 
 Stitching (:func:`stitch_windows`): every window that answered *owns* a stretch of the
 episode and contributes only the boundaries inside it. Between two answering windows that
@@ -108,6 +110,36 @@ def window_boundaries(window: Window, starts: Sequence[tuple[int, str]]) -> list
             by_frame[window.frames[position]] = text
     if not by_frame:
         raise ValueError("no subtask with a valid start_frame and a non-empty label")
+    return [Boundary(frame, by_frame[frame]) for frame in sorted(by_frame)]
+
+
+def nearest_frame_in(timestamps: npt.NDArray[np.floating], time_s: float, lo: int, hi: int) -> int:
+    """The frame of ``lo..hi`` whose stored timestamp is nearest ``time_s`` (ties: earlier)."""
+    stamps = timestamps[lo : hi + 1].astype(np.float64)
+    i = int(np.searchsorted(stamps, time_s, side="left"))
+    if i <= 0:
+        return lo
+    if i >= len(stamps):
+        return hi
+    before, after = stamps[i - 1], stamps[i]
+    return lo + (i - 1 if time_s - before <= after - time_s else i)
+
+
+def window_boundaries_at_times(
+    window: Window, starts: Sequence[tuple[float, str]], timestamps: npt.NDArray[np.floating]
+) -> list[Boundary]:
+    """Episode-frame boundaries from a contact-sheet window's answer of ``(start time,
+    label)`` pairs: each time snaps to the nearest stored frame between the window's first and
+    last frame. Empty labels are dropped; of several starts on one frame the last wins.
+    Raises ``ValueError`` when nothing usable remains."""
+    lo, hi = window.frames[0], window.frames[-1]
+    by_frame: dict[int, str] = {}
+    for time_s, label in starts:
+        text = clean_label(label)
+        if text:
+            by_frame[nearest_frame_in(timestamps, time_s, lo, hi)] = text
+    if not by_frame:
+        raise ValueError("no subtask with a valid start_s and a non-empty label")
     return [Boundary(frame, by_frame[frame]) for frame in sorted(by_frame)]
 
 

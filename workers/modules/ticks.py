@@ -56,6 +56,21 @@ def tick_frames(timestamps: npt.NDArray[np.floating], hz: float) -> list[int]:
     return nearest_frames(timestamps, times)
 
 
+def anchored_frames(timestamps: npt.NDArray[np.floating], hz: float, per_tick: int) -> list[int]:
+    """For every tick frame at ``hz``, it and the ``per_tick - 1`` frames after it (as far as
+    the episode goes): the frames VQA asks about, distinct and increasing."""
+    if per_tick < 1:
+        raise ValueError(f"frames per tick must be at least 1, got {per_tick}")
+    n_frames = int(timestamps.shape[0])
+    anchored = {
+        frame + offset
+        for frame in tick_frames(timestamps, hz)
+        for offset in range(per_tick)
+        if frame + offset < n_frames
+    }
+    return sorted(anchored)
+
+
 def sample_frames(timestamps: npt.NDArray[np.floating], hz: float) -> list[int]:
     """:func:`tick_frames` plus the episode's last frame, so a sampled view always shows how
     the episode ends."""

@@ -1,7 +1,10 @@
 """The vqa module (SPEC section 3): grounded question-answer pairs per camera at ``vqa_hz``.
 
 Ticks at ``vqa.vqa_hz`` snap to the nearest stored frame (distinct frames only,
-:mod:`workers.modules.ticks`). For every camera of the dataset and every tick frame, one
+:mod:`workers.modules.ticks`); each tick anchors ``vqa.vqa_frames_per_tick`` consecutive
+frames from its own on (upstream's ``K``; frames shared by two ticks count once). The cameras
+are :func:`common.cameras.vqa_cameras`: ``vqa.vqa_cameras`` when given, else every non-depth
+camera (depth maps never get RGB prompts). For every such camera and anchored frame, one
 request shows that frame and asks for one question of a type drawn from
 ``vqa.question_types`` with ``random.Random(ctx.seed_for("vqa", "type:<camera>:<frame>"))``
 (deterministic per run seed, episode, camera and frame), plus its answer. The response schema
@@ -17,8 +20,9 @@ Rows per answered (frame, camera), both events with style ``vqa`` and that camer
 whose content is the question, and an assistant row whose content is the compact JSON text of
 the answer, keys in the shape's order. At most one of each per (frame, camera). A wrong shape
 earns the client's corrective retry (the parser is the ``check``); an answer that stays
-unusable is a failure of that item only. No cameras: no rows. ``extra["question_types"]``
-records ``[{"frame", "camera", "type"}]`` of every emitted pair, for validation.
+unusable is a failure of that item only. No (non-depth) cameras: no rows.
+``extra["question_types"]`` records ``[{"frame", "camera", "type"}]`` of every emitted pair,
+for validation.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from narrator.common.cameras import vqa_cameras
 from narrator.common.staging import Failure, StagedRow
 from narrator.workers.modules import schemas
 from narrator.workers.modules.asking import (
@@ -38,7 +43,7 @@ from narrator.workers.modules.asking import (
 )
 from narrator.workers.modules.base import EpisodeContext, ModuleOutput
 from narrator.workers.modules.coordinates import ImageGeometry
-from narrator.workers.modules.ticks import tick_frames
+from narrator.workers.modules.ticks import anchored_frames
 from narrator.workers.modules.vqa_answers import VQAAnswer, answer_text, parse_vqa_answer
 
 if TYPE_CHECKING:
@@ -109,10 +114,11 @@ async def _ask_item(
 
 async def run_vqa(ctx: EpisodeContext, client: VLM) -> ModuleOutput:
     """Annotate one episode with vqa question/answer rows per camera (see module doc)."""
-    if not ctx.cameras:
+    cameras = [c.key for c in vqa_cameras(ctx.settings, ctx.cameras)]
+    if not cameras:
         return ModuleOutput()
-    frames = tick_frames(ctx.frames.timestamp, ctx.settings.vqa.vqa_hz)
-    cameras = [c.key for c in ctx.cameras]
+    vqa = ctx.settings.vqa
+    frames = anchored_frames(ctx.frames.timestamp, vqa.vqa_hz, vqa.vqa_frames_per_tick)
     images = await gather_all([ctx.frame_source.get(camera, frames) for camera in cameras])
     items = [
         _ask_item(ctx, client, camera, frame, image)

@@ -7,7 +7,10 @@ Invariants:
 * An episode's heavy content (thumbnails, VQA frames) sits inside a ``<template>`` and is
   cloned into the page only when the section is opened, so hundreds of episodes stay light.
 * VQA shapes are drawn in an SVG whose viewBox is the stored frame size, so pixel coordinates
-  of the stored frame land on the right spot of a thumbnail of any size.
+  of the stored frame land on the right spot of a thumbnail of any size; their labels are
+  placed inside that viewBox (moved below or to the left of the shape near an edge).
+* Episode headers show at most ``TASK_HEADER_CHARS`` characters of the task (the rest as
+  an ellipsis; the full text is the header's tooltip and stays in the index table).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from narrator.common.validation import Finding
 from narrator.inspection.report.model import EpisodeView, VqaItem
 
 _PLACEHOLDER = re.compile(r"\{\{(TITLE|CSS|JS|BODY)\}\}")
+TASK_HEADER_CHARS = 90
+LABEL_CHAR_WIDTH = 0.6  # of the font size: an estimate of one character's width
 
 
 @dataclass(frozen=True)
@@ -181,24 +186,47 @@ def _events(view: EpisodeView) -> str:
     return f'<h3>Interjections and speech</h3><table class="changes">{rows}</table>'
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: max(1, limit - 1)].rstrip() + "\u2026"
+
+
+def label_position(
+    anchor_x: float, top: float, bottom: float, text: str, font: int, width: int, height: int
+) -> tuple[float, float, str]:
+    """(x, baseline y, text) of a label for a shape spanning ``top``..``bottom`` at
+    ``anchor_x``: above the shape, or below it when there is no room above, shifted left to
+    end inside the image, and shortened if it is wider than the image (pure)."""
+    fits = max(1, int(width / (font * LABEL_CHAR_WIDTH)))
+    text = shorten(text, fits)
+    text_width = len(text) * font * LABEL_CHAR_WIDTH
+    x = min(max(0.0, anchor_x), max(0.0, width - text_width))
+    y = top - 2 if top - 2 >= font else bottom + font + 2
+    return x, min(max(float(font), y), float(height)), text
+
+
 def _vqa_svg(item: VqaItem, width: int, height: int) -> str:
     font = max(8, width // 18)
     radius = max(2, width // 40)
     parts = []
     for box in item.boxes:
+        x, y, text = label_position(box.x1, box.y1, box.y2, box.label, font, width, height)
         parts.append(
             f'<rect class="vqa-box" x="{box.x1:g}" y="{box.y1:g}" '
             f'width="{max(0.0, box.x2 - box.x1):g}" height="{max(0.0, box.y2 - box.y1):g}">'
             f"<title>{_e(box.label)}</title></rect>"
-            f'<text class="vqa-label" x="{box.x1:g}" y="{max(float(font), box.y1 - 2):g}" '
-            f'font-size="{font}">{_e(box.label)}</text>'
+            f'<text class="vqa-label" x="{x:g}" y="{y:g}" '
+            f'font-size="{font}">{_e(text)}</text>'
         )
     for point in item.points:
+        x, y, text = label_position(
+            point.x + 4, point.y - 2, point.y + 2, point.label, font, width, height
+        )
         parts.append(
             f'<circle class="vqa-point" cx="{point.x:g}" cy="{point.y:g}" r="{radius}">'
             f"<title>{_e(point.label)}</title></circle>"
-            f'<text class="vqa-label" x="{point.x + 4:g}" y="{point.y - 4:g}" '
-            f'font-size="{font}">{_e(point.label)}</text>'
+            f'<text class="vqa-label" x="{x:g}" y="{y:g}" '
+            f'font-size="{font}">{_e(text)}</text>'
         )
     return (
         f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
@@ -256,8 +284,10 @@ def render_findings(findings: Sequence[Finding]) -> str:
 def render_episode(
     view: EpisodeView, media: EpisodeMedia, sizes: Mapping[str, tuple[int, int]]
 ) -> str:
+    task = shorten(view.task, TASK_HEADER_CHARS)
     summary = (
-        f'Episode {view.episode} <span class="task">\u2014 {_e(view.task)} \u2014 '
+        f'Episode {view.episode} <span class="task" title="{_e(view.task)}">\u2014 '
+        f"{_e(task)} \u2014 "
         f"{view.frames} frames, {_t(view.duration_s)}, {len(view.spans)} subtasks</span> "
         f"{_badge(view.errors, 'err') if view.errors else ''}"
         f"{_badge(view.warnings, 'warn') if view.warnings else ''}"
