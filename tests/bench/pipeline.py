@@ -22,12 +22,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import redis
 from rq import Queue
 from rq.registry import StartedJobRegistry
@@ -35,6 +37,7 @@ from rq.registry import StartedJobRegistry
 from narrator.common import keys
 from narrator.common.config import NarratorConfig, load_config
 from narrator.common.dataset.reader import load_dataset_meta
+from narrator.common.errors import ConfigError
 from narrator.common.prompts import load_prompts
 from narrator.common.queueing import JobOptions
 from narrator.local.redis_server import LocalRedis
@@ -42,7 +45,7 @@ from narrator.local.run import annotate, child_env, resolve_model
 from narrator.ops.status import read_status
 from narrator.producer.enqueue import enqueue_run
 from tests.bench.fleet_figures import service_overrun
-from tests.bench.processes import ProcessSampler, SampledUsage, SimFleetProcess
+from tests.bench.processes import ProcessSampler, SampledUsage, SimFleetProcess, role_of
 from tests.bench.support import REPO_ROOT, copy_dataset
 from tests.bench.timeline import Utilisation, merged, slot_utilisation
 
@@ -71,6 +74,9 @@ class PipelineRun:
     config: dict[str, Any] = field(default_factory=dict)
     sim_overrun: float = 0.0  # see fleet_figures.service_overrun
     clock0_s: float = 0.0  # time.monotonic() of the fleet's reset: the timelines' zero
+    # False: stopped at its deadline; wall_s is then a lower bound and the figures cover the
+    # part that ran
+    finished: bool = True
     replica_timelines: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def cpu_per_request_ms(self, role: str) -> float:
@@ -93,6 +99,7 @@ class PipelineRun:
             "phase_walls_s": [round(w, 3) for w in self.phase_walls_s],
             "sim_overrun": round(self.sim_overrun, 4),
             "config": self.config,
+            "finished": self.finished,
         }
 
 
@@ -133,6 +140,16 @@ def _config_summary(config: NarratorConfig) -> dict[str, Any]:
     }
 
 
+def _only_run(conn: redis.Redis) -> str:
+    """The id of the one run in a private Redis."""
+    prefix = keys.run("")
+    names = [bytes(k).decode()[len(prefix) :] for k in conn.scan_iter(keys.run("*"))]
+    ids = [name for name in names if ":" not in name]
+    if len(ids) != 1:
+        raise RuntimeError(f"expected one run in the benchmark's Redis, found {ids}")
+    return str(ids[0])
+
+
 def committed_after(conn: redis.Redis, run_id: str, started_epoch: float) -> float:
     """Seconds from ``started_epoch`` (time.time()) to the run's commit."""
     raw = conn.hget(keys.run(run_id), "committed_at")
@@ -168,6 +185,7 @@ def finish_run(
     redis_before: int,
     phase_walls: list[float] | None = None,
     clock0_s: float = 0.0,
+    finished: bool = True,
 ) -> PipelineRun:
     timelines = fleet.timelines()
     timeline = merged(timelines)
@@ -188,11 +206,50 @@ def finish_run(
         sim_overrun=fleet_overrun(fleet, timelines),
         clock0_s=clock0_s,
         replica_timelines=timelines,
+        finished=finished,
     )
 
 
-def run_default(source: Path, fleet: SimFleetProcess, work: Path, **overrides: Any) -> PipelineRun:
-    """``annotate`` on a copy of ``source`` with the default configuration."""
+class Watchdog:
+    """At ``deadline_s`` (if given), stops the worker and writer process groups started
+    below this process: ``annotate`` then sees its children gone and returns an error, which
+    the caller records as a run stopped at its deadline."""
+
+    def __init__(self, deadline_s: float | None) -> None:
+        self.fired = threading.Event()
+        self._timer = None if deadline_s is None else threading.Timer(deadline_s, self._fire)
+
+    def __enter__(self) -> Watchdog:
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        self.fired.set()
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if role_of(child.cmdline()) in ("worker", "writer") and child.pid == os.getpgid(
+                    child.pid
+                ):
+                    os.killpg(child.pid, signal.SIGTERM)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+
+
+def run_default(
+    source: Path,
+    fleet: SimFleetProcess,
+    work: Path,
+    deadline_s: float | None = None,
+    **overrides: Any,
+) -> PipelineRun:
+    """``annotate`` on a copy of ``source`` with the default configuration (stopped at
+    ``deadline_s`` if it has not committed by then)."""
     root = copy_dataset(source, work)
     episodes = len(load_dataset_meta(root).episodes)
     with LocalRedis(work / "redis") as server:
@@ -203,10 +260,19 @@ def run_default(source: Path, fleet: SimFleetProcess, work: Path, **overrides: A
             fleet.reset()
             clock0 = time.monotonic()
             started, started_epoch = time.perf_counter(), time.time()
-            result = annotate(config, root, progress=False, poll_s=0.1)
+            with Watchdog(deadline_s) as watchdog:
+                try:
+                    exit_code = annotate(config, root, progress=False, poll_s=0.1).exit_code
+                except ConfigError:
+                    if not watchdog.fired.is_set():
+                        raise
+                    exit_code = 124
             returned = time.perf_counter() - started
             usage = sampler.stop()
-        wall = committed_after(conn, result.run_id, started_epoch)
+        finished = not watchdog.fired.is_set()
+        run_id = _only_run(conn)
+        # stopped: it needed more than the deadline (stopping took a moment longer)
+        wall = committed_after(conn, run_id, started_epoch) if finished else float(deadline_s or 0)
         run = finish_run(
             "default",
             fleet,
@@ -214,11 +280,12 @@ def run_default(source: Path, fleet: SimFleetProcess, work: Path, **overrides: A
             episodes,
             wall,
             returned,
-            result.exit_code,
+            exit_code,
             usage,
             config,
             before,
             clock0_s=clock0,
+            finished=finished,
         )
         conn.close()
         return run
@@ -249,29 +316,41 @@ def stop_role(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_phase(
-    conn: redis.Redis, run_id: str, last: bool, roles: list[subprocess.Popen[bytes]]
-) -> None:
-    deadline = time.monotonic() + PHASE_TIMEOUT_S
+    conn: redis.Redis,
+    run_id: str,
+    last: bool,
+    roles: list[subprocess.Popen[bytes]],
+    deadline: float | None,
+) -> bool:
+    """True when the phase is done; False at ``deadline`` (monotonic)."""
+    timeout = time.monotonic() + PHASE_TIMEOUT_S
     while True:
         status = read_status(conn, run_id)
         if (status.committed if last else status.jobs_done >= status.jobs_total) and (
             not status.failed_jobs
         ):
-            return
+            return True
         if status.failed_jobs:
             raise RuntimeError(f"phase-barrier run failed: {status.failed_jobs[:3]}")
         for proc in roles:
             if proc.poll() is not None:
                 raise RuntimeError(f"a narrator role exited early with code {proc.returncode}")
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        if time.monotonic() > timeout:
             raise RuntimeError(f"phase did not finish within {PHASE_TIMEOUT_S} s")
         time.sleep(0.1)
 
 
 def run_phase_barrier(
-    source: Path, fleet: SimFleetProcess, work: Path, **overrides: Any
+    source: Path,
+    fleet: SimFleetProcess,
+    work: Path,
+    deadline_s: float | None = None,
+    **overrides: Any,
 ) -> PipelineRun:
-    """All plan jobs, barrier, all interjections jobs, barrier, all vqa jobs (then commit)."""
+    """All plan jobs, barrier, all interjections jobs, barrier, all vqa jobs (then commit);
+    stopped at ``deadline_s`` if it has not committed by then."""
     root = copy_dataset(source, work)
     meta = load_dataset_meta(root)
     prompts = load_prompts()
@@ -289,6 +368,8 @@ def run_phase_barrier(
                 fleet.reset()
                 clock0 = time.monotonic()
                 started, started_epoch = time.perf_counter(), time.time()
+                deadline = None if deadline_s is None else clock0 + deadline_s
+                finished = True
                 roles.append(
                     spawn_role(
                         ["worker", "--workers", str(config.workers),
@@ -313,9 +394,15 @@ def run_phase_barrier(
                         staging_dir=work / "state" / "staging",
                         meta=meta,
                     )
-                    _wait_phase(conn, summary.run_id, last, roles)
+                    finished = _wait_phase(conn, summary.run_id, last, roles, deadline)
                     phase_walls.append(time.perf_counter() - phase_started)
-                wall = committed_after(conn, summary.run_id, started_epoch)
+                    if not finished:
+                        break
+                wall = (
+                    committed_after(conn, summary.run_id, started_epoch)
+                    if finished
+                    else time.perf_counter() - started
+                )
         finally:
             for proc in roles:
                 stop_role(proc)
@@ -328,12 +415,13 @@ def run_phase_barrier(
             len(meta.episodes),
             wall,
             returned,
-            0,
+            0 if finished else 124,
             usage,
             config,
             before,
             phase_walls,
             clock0_s=clock0,
+            finished=finished,
         )
         conn.close()
         return run

@@ -201,6 +201,7 @@ def run_pods(
             config,
             before,
             clock0_s=clock0,
+            finished=committed,
         )
         conn.close()
     return PodRun(

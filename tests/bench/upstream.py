@@ -163,8 +163,11 @@ async def annotate_upstream_like(root: Path, urls: Sequence[str]) -> dict[str, A
     }
 
 
-def run_upstream_like(source: Path, fleet: SimFleetProcess, work: Path) -> PipelineRun:
-    """The upstream-like orchestration of a copy of ``source`` against the fleet."""
+def run_upstream_like(
+    source: Path, fleet: SimFleetProcess, work: Path, deadline_s: float | None = None
+) -> PipelineRun:
+    """The upstream-like orchestration of a copy of ``source`` against the fleet (stopped at
+    ``deadline_s`` if it has not answered everything by then)."""
     root = copy_dataset(source, work)
     out = work / "upstream.json"
     args = [sys.executable, "-m", "tests.bench.upstream", "--child", str(root), str(out)]
@@ -172,42 +175,48 @@ def run_upstream_like(source: Path, fleet: SimFleetProcess, work: Path) -> Pipel
         fleet.reset()
         clock0 = time.monotonic()
         started = time.perf_counter()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [*args, *fleet.urls],
             env=child_environment(),
             cwd=REPO_ROOT,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=CHILD_TIMEOUT_S,
-            check=False,
         )
+        try:
+            _, stderr = proc.communicate(timeout=deadline_s or CHILD_TIMEOUT_S)
+            finished = True
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+            finished = False
         returned = time.perf_counter() - started
         usage = sampler.stop()
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(
-            f"the upstream-like run failed ({proc.returncode}): {proc.stderr[-2000:]}"
-        )
-    result = json.loads(out.read_text())
+    if finished and (proc.returncode != 0 or not out.exists()):
+        raise RuntimeError(f"the upstream-like run failed ({proc.returncode}): {stderr[-2000:]}")
+    result = json.loads(out.read_text()) if finished else {}
     timelines = fleet.timelines()
     timeline = merged(timelines)
     utilisation = slot_utilisation(timeline, fleet.settings.total_slots)
     return PipelineRun(
         mode="upstream-like",
-        episodes=int(result["episodes"]),
-        wall_s=utilisation.last_end_s,  # start to the last answer (nothing is written)
+        episodes=int(result.get("episodes", 0)),
+        # start to the last answer (nothing is written), or to the deadline
+        wall_s=utilisation.last_end_s if finished else returned,
         returned_s=returned,
-        exit_code=proc.returncode,
+        exit_code=proc.returncode if finished else 124,
         requests=fleet.requests_total(),
         usage=usage,
         utilisation=utilisation,
         timeline=timeline,
         redis_used_before=0,
         redis_used_after=0,
-        phase_walls_s=[float(w) for w in result["phase_walls_s"]],
+        phase_walls_s=[float(w) for w in result.get("phase_walls_s", [])],
         config={"episodes_at_once": EPISODES_AT_ONCE, "vqa_width": VQA_WIDTH},
         sim_overrun=fleet_overrun(fleet, timelines),
         clock0_s=clock0,
         replica_timelines=timelines,
+        finished=finished,
     )
 
 
