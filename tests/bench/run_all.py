@@ -40,7 +40,12 @@ ON_REQUEST: tuple[tuple[str, BenchFunction], ...] = (
     (bench_saturation.NAME, bench_saturation.bench),
 )
 # Seconds a benchmark may run before it is ended (report.BENCH_TIMEOUT_S otherwise).
-TIMEOUTS_S = {"fleet-4x128": 2400.0, "fleet-8x256": 3000.0, bench_degraded.NAME: 1200.0}
+TIMEOUTS_S = {
+    "fleet-4x128": 2400.0,
+    "fleet-8x256": 3000.0,
+    bench_degraded.NAME: 1200.0,
+    bench_scaling.NAME: 900.0,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

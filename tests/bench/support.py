@@ -113,7 +113,9 @@ def sample_dataset(ctx: BenchContext, **kwargs: Any) -> Path:
     path = ctx.work / "datasets" / name
     if (path / "meta" / "info.json").exists():
         return path
-    episodes = int(kwargs.get("episodes", 10))
+    # seconds allowed: generous for the size (a normal generation takes a tenth of this)
+    pixels = int(kwargs.get("width", 96)) * int(kwargs.get("height", 72)) / (640 * 480)
+    deadline_s = 60 + int(kwargs.get("episodes", 10)) * (0.3 + 5 * pixels)
     for attempt in range(1, GENERATE_ATTEMPTS + 1):
         if path.exists():
             shutil.rmtree(path)
@@ -123,7 +125,7 @@ def sample_dataset(ctx: BenchContext, **kwargs: Any) -> Path:
                 [sys.executable, "-c", _GENERATE, str(path), json.dumps(kwargs)],
                 env=child_environment(),
                 cwd=REPO_ROOT,
-                timeout=120 + 2 * episodes,
+                timeout=deadline_s,
                 check=True,
                 capture_output=True,
             )
