@@ -34,6 +34,7 @@ from narrator.common.config_surface import (
     Surface,
 )
 from narrator.common.errors import ConfigError
+from narrator.common.modules import MODULES, selection_problem
 
 QUESTION_TYPES: tuple[str, ...] = ("bbox", "keypoint", "count", "attribute", "spatial")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
@@ -257,8 +258,8 @@ class AnnotationSettings(_Model):
     cli_commands: ClassVar[frozenset[str]] = RUN_COMMANDS
 
     modules: tuple[str, ...] = Field(
-        default=("plan", "interjections", "vqa"),
-        description="comma-separated modules to run: a subset of plan,interjections,vqa",
+        default=MODULES,
+        description=f"comma-separated modules to run: a subset of {','.join(MODULES)}",
     )
     seed: int = Field(default=0, description="seed of the per-episode choices and requests")
     temperature: float = Field(
@@ -280,14 +281,12 @@ class AnnotationSettings(_Model):
     @classmethod
     def _known_modules(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
-            raise ValueError("give at least one module: plan, interjections or vqa")
-        unknown = set(v) - {"plan", "interjections", "vqa"}
-        if unknown:
-            raise ValueError(f"unknown modules {sorted(unknown)}; use plan, interjections, vqa")
+            raise ValueError(f"give at least one module: {', '.join(MODULES)}")
         if len(set(v)) != len(v):
             raise ValueError(f"modules {list(v)} name one module twice")
-        if "interjections" in v and "plan" not in v:
-            raise ValueError("the interjections module needs the plan module")
+        problem = selection_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 
@@ -368,6 +367,18 @@ class NarratorConfig(_Model):
     )
     job_retries: int = Field(
         default=3, ge=0, le=100, description="retries of a failed job before it counts as failed"
+    )
+    failed_items_threshold: Annotated[float, Surface(commands=RUN_COMMANDS)] = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="largest fraction of a module's items that may fail (0.05: one in "
+        "twenty) before the run is held back from committing",
+    )
+    allow_failed_items: Annotated[bool, Surface(commands=RUN_COMMANDS)] = Field(
+        default=False,
+        description="commit even when more items failed than failed_items_threshold allows, "
+        "and stage a module result whose items all failed",
     )
     prompt_dir: Annotated[Path | None, Surface(metavar="DIR")] = Field(
         default=None,

@@ -15,19 +15,13 @@ from __future__ import annotations
 class NarratorError(Exception):
     """Base of every error narrator raises on purpose."""
 
-    transient: bool = False
-
 
 class TransientError(NarratorError):
     """A failure that may go away on retry (server overloaded, timeout, reset)."""
 
-    transient = True
-
 
 class PermanentError(NarratorError):
     """A failure that a retry will not fix (bad input, rejected request, contract breach)."""
-
-    transient = False
 
 
 # --- input and configuration -------------------------------------------------------------
@@ -80,6 +74,9 @@ class ContractError(PermanentError):
     """Rows that break the data contract of SPEC section 2 or the rules of section 4."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when ``exc`` is worth retrying."""
-    return isinstance(exc, NarratorError) and exc.transient
+# --- jobs --------------------------------------------------------------------------------
+
+
+class ModuleFailedError(PermanentError):
+    """Every item a module asked for one episode failed: the job fails instead of staging an
+    empty result (a wrong model or API key must not produce an empty dataset)."""

@@ -2,7 +2,7 @@
 
 Invariants:
 * Every key narrator writes starts with ``narrator:`` so an operator can find (and clear) them.
-* Per-run keys embed the run id; a run's keys can be listed with ``run_pattern(run_id)``.
+* Per-run keys embed the run id (``narrator:run:<id>...``).
 * rq job ids are deterministic and only use ``[A-Za-z0-9_-]`` (rq's rule), so enqueuing the
   same work twice names the same job.
 """
@@ -14,18 +14,16 @@ PREFIX = "narrator"
 MODULE_QUEUE = "narrator-modules"
 WRITER_QUEUE = "narrator-writer"
 
-MODULES: tuple[str, str, str] = ("plan", "interjections", "vqa")
-
 RUNS = f"{PREFIX}:runs"  # set of run ids
+
+REPLICAS = f"{PREFIX}:replicas"
+"""Hash: replica label -> JSON {"healthy": bool, "reason": str, "at": unix time}, the latest
+health change any worker process saw (written by the workers, read by progress displays)."""
 
 
 def run(run_id: str) -> str:
     """Hash: root, fingerprint, model, config (JSON), prompt hashes, module hashes, totals."""
     return f"{PREFIX}:run:{run_id}"
-
-
-def run_pattern(run_id: str) -> str:
-    return f"{PREFIX}:run:{run_id}*"
 
 
 def run_files(run_id: str) -> str:
@@ -38,13 +36,16 @@ def pending(run_id: str, file_key: str) -> str:
     return f"{PREFIX}:run:{run_id}:pending:{file_key}"
 
 
-def finalize_claim(run_id: str, file_key: str, generation: str) -> str:
-    """String set once (SET NX) by whoever enqueues the finalize job of a file generation."""
-    return f"{PREFIX}:run:{run_id}:finalize:{file_key}:{generation}"
+def finalize_claims(run_id: str) -> str:
+    """Hash: file key -> generation whose finalize job was claimed (by the publish script that
+    emptied the file's pending set, or by the producer); reset by the producer when a
+    generation is enqueued again, so returning to earlier settings finalizes again."""
+    return f"{PREFIX}:run:{run_id}:finalize_claims"
 
 
 def result(run_id: str, module: str, episode: int) -> str:
-    """Hash {"hash": module hash, "data": JSON of the ModuleResult} (see ``common.staging``)."""
+    """Hash {"hash": module hash, "data": JSON of the ModuleResult, "failed": failed items}
+    (see ``common.staging``)."""
     return f"{PREFIX}:run:{run_id}:result:{module}:{episode}"
 
 
@@ -63,9 +64,26 @@ def stats(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:stats"
 
 
-def failures(run_id: str) -> str:
-    """List of JSON failure records (item-level failures that did not stop a job)."""
-    return f"{PREFIX}:run:{run_id}:failures"
+def item_failures(run_id: str) -> str:
+    """Hash: member -> JSON list of the failure records of its latest result (members whose
+    latest result has no failed item have no field)."""
+    return f"{PREFIX}:run:{run_id}:item_failures"
+
+
+def item_tallies(run_id: str) -> str:
+    """Hash: member -> "<items> <failed items>" of its latest result."""
+    return f"{PREFIX}:run:{run_id}:item_tallies"
+
+
+def item_totals(run_id: str) -> str:
+    """Hash: ``<module>:items`` / ``<module>:failed`` -> the sums of the members' tallies."""
+    return f"{PREFIX}:run:{run_id}:item_totals"
+
+
+def commit_hold(run_id: str) -> str:
+    """String: JSON {"reason", "modules"} when the writer held back the commit because too
+    many items failed; cleared by the next enqueue."""
+    return f"{PREFIX}:run:{run_id}:commit_hold"
 
 
 def writer_errors(run_id: str) -> str:

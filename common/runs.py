@@ -4,7 +4,7 @@ A run is identified by the dataset (absolute root + fingerprint), so running the
 again resumes it. What changes answers (settings, prompt texts, model) goes into per-module
 hashes; the *generation* is a hash of all module hashes and names one complete set of
 results. A changed prompt changes one module hash and the generation; only that module's
-jobs (and modules that read its output) are recomputed.
+jobs (and the modules that need it, per :mod:`common.modules`) are recomputed.
 
 Invariants:
 * Workers and the writer take the dataset root, settings, prompts and model from the run
@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import redis.asyncio as aredis
 from narrator.common import keys
 from narrator.common.config import AnnotationSettings
 from narrator.common.errors import PermanentError
+from narrator.common.job_specs import CommitPolicy, JobOptions
+from narrator.common.modules import SPECS
 from narrator.common.prompts import PromptSet
 
 
@@ -43,7 +45,9 @@ def _settings_json(obj: Any) -> bytes:
 def compute_module_hashes(
     settings: AnnotationSettings, prompts: PromptSet, model: str
 ) -> dict[str, str]:
-    """One hash per enabled module over everything that changes its answers."""
+    """One hash per enabled module over everything that changes its answers: the shared
+    sampling settings and model, the module's own settings section and prompts, and the
+    hashes of the modules it needs."""
     common_part = {
         "seed": settings.seed,
         "temperature": settings.temperature,
@@ -52,23 +56,19 @@ def compute_module_hashes(
         "chat_template_kwargs": settings.chat_template_kwargs,
         "model": model,
     }
-    own = {
-        "plan": settings.plan.model_dump(),
-        "interjections": settings.interjections.model_dump(),
-        "vqa": settings.vqa.model_dump(mode="json"),
-    }
+    sections = settings.model_dump(mode="json")
     hashes: dict[str, str] = {}
-    for module in ("plan", "interjections", "vqa"):
-        if module not in settings.modules:
+    for spec in SPECS:
+        if spec.name not in settings.modules:
             continue
         digest = hashlib.sha256()
-        digest.update(module.encode())
+        digest.update(spec.name.encode())
         digest.update(_settings_json(common_part))
-        digest.update(_settings_json(own[module]))
-        digest.update(prompts.module_hash(module).encode())
-        if module == "interjections":  # reads the plan's subtasks
-            digest.update(hashes["plan"].encode())
-        hashes[module] = digest.hexdigest()[:16]
+        digest.update(_settings_json(sections.get(spec.name)))
+        digest.update(prompts.module_hash(spec.name).encode())
+        for need in spec.needs:
+            digest.update(hashes[need].encode())
+        hashes[spec.name] = digest.hexdigest()[:16]
     return hashes
 
 
@@ -91,8 +91,8 @@ class RunRecord:
     total_episodes: int
     total_jobs: int
     created_at: float
-    job_timeout_s: int = 1800
-    job_retries: int = 3
+    job_options: JobOptions = field(default_factory=JobOptions)
+    commit_policy: CommitPolicy = field(default_factory=CommitPolicy)
 
     def to_redis(self) -> dict[Any, Any]:
         return {
@@ -112,8 +112,11 @@ class RunRecord:
             "total_episodes": str(self.total_episodes),
             "total_jobs": str(self.total_jobs),
             "created_at": repr(self.created_at),
-            "job_timeout_s": str(self.job_timeout_s),
-            "job_retries": str(self.job_retries),
+            "job_timeout_s": str(self.job_options.job_timeout_s),
+            "job_retries": str(self.job_options.job_retries),
+            "retry_intervals_s": orjson.dumps(list(self.job_options.retry_intervals_s)).decode(),
+            "failed_items_threshold": repr(self.commit_policy.failed_items_threshold),
+            "allow_failed_items": "1" if self.commit_policy.allow_failed_items else "0",
             "updated_at": repr(time.time()),
         }
 
@@ -138,8 +141,15 @@ class RunRecord:
             total_episodes=int(data["total_episodes"]),
             total_jobs=int(data["total_jobs"]),
             created_at=float(data["created_at"]),
-            job_timeout_s=int(data.get("job_timeout_s", 1800)),
-            job_retries=int(data.get("job_retries", 3)),
+            job_options=JobOptions(
+                job_timeout_s=int(data.get("job_timeout_s", 1800)),
+                job_retries=int(data.get("job_retries", 3)),
+                retry_intervals_s=tuple(orjson.loads(data.get("retry_intervals_s", "[5,30,120]"))),
+            ),
+            commit_policy=CommitPolicy(
+                failed_items_threshold=float(data.get("failed_items_threshold", 0.05)),
+                allow_failed_items=data.get("allow_failed_items") == "1",
+            ),
         )
 
 

@@ -4,8 +4,13 @@ A :class:`ModuleResult` holds one module's rows for one episode. Rows carry the
 *episode-relative frame index* they sit on, never a computed time: the writer copies the
 timestamp from the shard's ``timestamp`` column (SPEC section 2).
 
+A result also keeps the parsed answers of its successful requests, keyed by a hash of the
+request (``answers``): a re-run of an episode whose result has failed items replays them
+instead of asking again and asks only what failed (see :mod:`workers.answer_replay`).
+
 Invariants:
-* A module only emits the styles it owns (``MODULE_STYLES``); checked by :func:`check_module_rows`.
+* A module only emits the styles the registry gives it (:mod:`common.modules`); checked by
+  :func:`check_module_rows`.
 * Encoding is orjson, deterministic for equal inputs.
 """
 
@@ -18,16 +23,10 @@ import orjson
 
 from narrator.common.contract import column_for_style
 from narrator.common.errors import ContractError
+from narrator.common.modules import module_styles
 
 # module -> column -> allowed styles (None = speech atom)
-MODULE_STYLES: dict[str, dict[str, frozenset[str | None]]] = {
-    "plan": {"persistent": frozenset({"subtask", "plan", "memory", "task_aug"})},
-    "interjections": {
-        "persistent": frozenset({"plan"}),
-        "events": frozenset({"interjection", None}),
-    },
-    "vqa": {"events": frozenset({"vqa"})},
-}
+MODULE_STYLES: dict[str, dict[str, frozenset[str | None]]] = module_styles()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,12 @@ class ModuleResult:
     counts: dict[str, int] = field(default_factory=dict)  # requests, tokens, images...
     prompt_hashes: dict[str, str] = field(default_factory=dict)  # prompt name -> hash used
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. plan's subtask spans
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # request key -> answer
+    items: int = 0  # distinct items asked (answered or failed)
+
+    @property
+    def failed_items(self) -> int:
+        return len({f.item for f in self.failures})
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS)
@@ -88,6 +93,8 @@ class ModuleResult:
             counts={k: int(v) for k, v in data["counts"].items()},
             extra=data.get("extra", {}),
             prompt_hashes=data.get("prompt_hashes", {}),
+            answers=data.get("answers", {}),
+            items=int(data.get("items", 0)),
         )
 
 

@@ -1,7 +1,8 @@
 """Entry point of the worker role: N processes x K concurrent jobs on the module queue.
 
-Each process owns one :class:`~workers.runtime.WorkerRuntime` (event loop thread, VLM
-client, caches). With ``jobs_per_worker`` K > 1 it runs K rq workers in threads, so K jobs'
+Each process builds one :class:`~workers.context.WorkerContext` (Redis, VLM client, caches) on
+its :class:`~workers.runtime.LoopThread` and hands it to its rq workers, which pass it to
+every job. With ``jobs_per_worker`` K > 1 it runs K rq workers in threads, so K jobs'
 coroutines share one loop, one connection pool and one view of the replicas' load; with
 K = 1 a single rq worker runs in the main thread. All use rq's JSON serializer.
 
@@ -20,30 +21,32 @@ import time
 from types import FrameType
 
 import redis
-from rq.serializers import JSONSerializer
 
 from narrator.common import keys
 from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
 from narrator.common.logging import configure_logging, get_logger
 from narrator.common.metrics import start_metrics_server, start_multiprocess_metrics_server
-from narrator.workers import runtime
-from narrator.workers.runtime import NarratorJob, NarratorWorker, ThreadedNarratorWorker
+from narrator.common.rq_internals import ContextWorker, ThreadedWorker
+from narrator.workers.context import WorkerContext, open_worker_context
+from narrator.workers.runtime import LoopThread
 
 log = get_logger(__name__)
 
 THREAD_WORKER_TTL_S = 20  # idle dequeue wait = TTL - 15 s
 
 
-def _serve_threads(config: NarratorConfig, burst: bool) -> None:
+def _serve_threads(
+    config: NarratorConfig, burst: bool, ctx: WorkerContext, loop: LoopThread
+) -> None:
     url = config.redis_url_value()
     assert url is not None
     workers = [
-        ThreadedNarratorWorker(
+        ThreadedWorker(
             [keys.MODULE_QUEUE],
             connection=redis.Redis.from_url(url),
-            serializer=JSONSerializer,
-            job_class=NarratorJob,
+            context=ctx,
+            run_coroutine=loop.run,
             worker_ttl=THREAD_WORKER_TTL_S,
         )
         for _ in range(config.jobs_per_worker)
@@ -79,24 +82,28 @@ def _serve_threads(config: NarratorConfig, burst: bool) -> None:
     for t in threads:
         while t.is_alive():
             t.join(timeout=0.5)
-    runtime.shutdown()
 
 
 def _serve_process(config: NarratorConfig, burst: bool) -> None:
     configure_logging(config.log_level, config.log_format)  # spawned: a fresh interpreter
-    runtime.configure(config)
-    if config.jobs_per_worker > 1:
-        _serve_threads(config, burst)
-        return
-    url = config.redis_url_value()
-    assert url is not None
-    worker = NarratorWorker(
-        [keys.MODULE_QUEUE],
-        connection=redis.Redis.from_url(url),
-        serializer=JSONSerializer,
-        job_class=NarratorJob,
-    )
-    worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+    loop = LoopThread()
+    ctx = loop.run(open_worker_context(config))
+    try:
+        if config.jobs_per_worker > 1:
+            _serve_threads(config, burst, ctx, loop)
+            return
+        url = config.redis_url_value()
+        assert url is not None
+        worker = ContextWorker(
+            [keys.MODULE_QUEUE],
+            connection=redis.Redis.from_url(url),
+            context=ctx,
+            run_coroutine=loop.run,
+        )
+        worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+    finally:
+        loop.run(ctx.close())
+        loop.stop()
 
 
 def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:

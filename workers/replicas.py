@@ -14,13 +14,14 @@ Invariants (all state lives on one event loop; no locks beyond the condition):
   or 5xx answers, or one failed health check; it comes back after a successful answer or
   health check.
 
-Gauges ``VLM_IN_FLIGHT`` and ``REPLICA_HEALTHY`` of :mod:`common.metrics` follow the state.
+Gauges ``VLM_IN_FLIGHT`` and ``REPLICA_HEALTHY`` of :mod:`common.metrics` follow the state,
+and an optional observer hears every change of a replica's health (label, healthy, reason).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,10 @@ from narrator.common.metrics import REPLICA_HEALTHY, VLM_IN_FLIGHT
 log = get_logger("narrator.workers.replicas")
 
 DEFAULT_FAILURE_THRESHOLD = 3
+
+ReplicaObserver = Callable[[str, bool, str], None]
+"""Called on the pool's loop with (replica label, healthy, reason) when a replica's health
+changes; must not block."""
 
 
 @dataclass
@@ -61,6 +66,7 @@ class ReplicaPool:
         *,
         budget: int | Sequence[int],
         failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
+        observer: ReplicaObserver | None = None,
     ) -> None:
         budgets = [budget] * len(urls) if isinstance(budget, int) else list(budget)
         if not urls or len(budgets) != len(urls):
@@ -69,6 +75,7 @@ class ReplicaPool:
             raise ValueError("the in-flight budget per replica must be at least 1")
         self.replicas = [Replica(url=u, budget=b) for u, b in zip(urls, budgets, strict=True)]
         self.failure_threshold = failure_threshold
+        self._observer = observer
         self._changed = asyncio.Condition()
         for replica in self.replicas:
             REPLICA_HEALTHY.labels(replica.label).set(1)
@@ -127,6 +134,8 @@ class ReplicaPool:
             self._changed.notify_all()
         event = "vlm replica back in rotation" if healthy else "vlm replica out of rotation"
         log.info(event, replica=replica.label, reason=reason)
+        if self._observer is not None:
+            self._observer(replica.label, healthy, reason)
 
     @property
     def healthy_count(self) -> int:

@@ -51,7 +51,7 @@ from narrator.common.errors import (
 from narrator.common.logging import get_logger
 from narrator.common.metrics import VLM_IMAGES, VLM_LATENCY, VLM_REQUESTS, VLM_TOKENS
 from narrator.workers.json_answer import extract_json_object
-from narrator.workers.replicas import Replica, ReplicaPool
+from narrator.workers.replicas import Replica, ReplicaObserver, ReplicaPool
 from narrator.workers.vlm_api import AnswerParser, ChatAnswer, ChatRequest
 from narrator.workers.vlm_protocol import (
     AttemptFailed,
@@ -96,6 +96,7 @@ class VLMClient:
         *,
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
+        observer: ReplicaObserver | None = None,
     ) -> None:
         if not settings.urls:
             raise ConfigError("no VLM URLs configured: pass --vlm-url (or --serve)")
@@ -103,6 +104,7 @@ class VLMClient:
         self._session = session
         self._owns_session = session is None
         self._rng = rng or random.Random()
+        self._observer = observer  # hears replica health changes (label, healthy, reason)
         self._counters: Counter[str] = Counter()
         self._pool: ReplicaPool | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -125,7 +127,7 @@ class VLMClient:
             total = sum(budgets) + 2 * len(urls)
             connector = aiohttp.TCPConnector(limit=total, limit_per_host=max(budgets) + 2)
             self._session = aiohttp.ClientSession(connector=connector)
-        self._pool = ReplicaPool(urls, budget=budgets)
+        self._pool = ReplicaPool(urls, budget=budgets, observer=self._observer)
         log.info("vlm client ready", replicas=len(urls), budgets=budgets)
         self._health_task = asyncio.create_task(self._health_loop(), name="vlm-health")
 

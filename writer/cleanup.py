@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import redis
-from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
+from rq.job import JobStatus
 
 from narrator.common import keys
 from narrator.common.logging import get_logger
+from narrator.common.rq_internals import fetch_jobs
 from narrator.common.runs import RunRecord
 
 log = get_logger(__name__)
@@ -52,9 +52,7 @@ def forget_finished_jobs(
     forgotten = 0
     try:
         for start in range(0, len(ids), BATCH):
-            jobs = Job.fetch_many(
-                ids[start : start + BATCH], connection=conn, serializer=JSONSerializer
-            )
+            jobs = fetch_jobs(conn, ids[start : start + BATCH])
             with conn.pipeline(transaction=False) as pipe:
                 for job in jobs:
                     if job is not None and job.get_status(refresh=False) == JobStatus.FINISHED:

@@ -36,6 +36,7 @@ from narrator.common.dataset.reader import (
     read_file_frames,
 )
 from narrator.common.errors import ContractError, PermanentError, SecurityError, TransientError
+from narrator.common.failed_items import commit_hold, read_tallies, record_hold
 from narrator.common.logging import get_logger
 from narrator.common.metrics import SHARD_WRITE_SECONDS, SHARDS_WRITTEN, VALIDATION_ERRORS
 from narrator.common.runs import RunRecord, load_run, load_run_files, text
@@ -130,6 +131,11 @@ def maybe_commit(conn: redis.Redis, run: RunRecord) -> bool:
         }
         files = load_run_files(conn, run.run_id)
         if any(staged.get(f) != run.generation for f in files):
+            return False
+        hold = commit_hold(read_tallies(conn, run.run_id, run.module_hashes), run.commit_policy)
+        record_hold(conn, run.run_id, hold)
+        if hold is not None:
+            log.warning("commit_held", run=run.run_id, reason=hold)
             return False
         commit(run.root, stage_dir(run.staging_dir, run.run_id, run.generation), list(files))
         conn.set(keys.committed(run.run_id), run.generation)

@@ -14,7 +14,7 @@ from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
 from narrator.common.logging import get_logger
 from narrator.common.metrics import start_metrics_server
-from narrator.common.queueing import HeartbeatWorker, PermanentAwareJob
+from narrator.common.rq_internals import HeartbeatWorker
 from narrator.common.runs import load_run, text
 from narrator.writer.finalize import resume_interrupted
 
@@ -50,6 +50,5 @@ def run_writer(config: NarratorConfig, *, burst: bool = False) -> None:
         [keys.WRITER_QUEUE],
         connection=conn,
         serializer=JSONSerializer,
-        job_class=PermanentAwareJob,
     )
     worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")

@@ -4,10 +4,11 @@ A shard may already hold language rows: from an earlier narrator run, or from an
 (``motion``, ``trace``). A run replaces only the rows its own modules produce; every other
 row stays exactly as it was.
 
-Ownership: ``subtask``, ``memory``, ``task_aug`` and the ``plan`` rows at subtask starts belong
-to the plan module; ``interjection`` rows, speech atoms and a ``plan`` row stamped on an
-interjection's frame belong to the interjections module; ``vqa`` rows to the vqa module; any
-other style belongs to no narrator module and is always kept.
+Ownership (from the module registry, :func:`common.modules.owner_of_style`): ``subtask``,
+``memory``, ``task_aug`` and the ``plan`` rows at subtask starts belong to the plan module;
+``interjection`` rows, speech atoms and a ``plan`` row stamped on an interjection's frame
+belong to the interjections module; ``vqa`` rows to the vqa module; any other style belongs
+to no narrator module and is always kept.
 
 Precedence (:func:`yield_to_interjections`): the plan module schedules a plan row at every
 subtask start, and interjections sit on subtask starts, so on an interjection's frame the
@@ -20,20 +21,13 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from narrator.common.contract import LanguageRow
+from narrator.common.modules import owner_of_style
 from narrator.common.staging import StagedRow
 
 
 def row_owner(row: LanguageRow, *, interjection_times: Collection[float]) -> str | None:
-    style = row.style
-    if style in ("subtask", "memory", "task_aug"):
-        return "plan"
-    if style == "plan":
-        return "interjections" if row.timestamp in interjection_times else "plan"
-    if style in ("interjection", None):
-        return "interjections"
-    if style == "vqa":
-        return "vqa"
-    return None
+    anchors = ("interjection",) if row.timestamp in interjection_times else ()
+    return owner_of_style(row.style, anchors_here=anchors)
 
 
 def kept_rows(

@@ -50,8 +50,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from narrator.common.job_specs import CommitPolicy, JobOptions
     from narrator.common.prompts import load_prompts
-    from narrator.common.queueing import JobOptions
     from narrator.local.run import resolve_model
     from narrator.producer.enqueue import enqueue_run
 
@@ -69,6 +69,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         prompts=load_prompts(config.prompt_dir),
         model=resolve_model(config),
         options=JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries),
+        policy=CommitPolicy(config.failed_items_threshold, config.allow_failed_items),
         staging_dir=config.staging_dir,
     )
     sys.stdout.write(summary.run_id + "\n")

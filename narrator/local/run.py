@@ -34,9 +34,9 @@ from narrator.common.config import NarratorConfig
 from narrator.common.config import child_env as config_child_env
 from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
 from narrator.common.errors import ConfigError, VLMUnavailableError
+from narrator.common.job_specs import CommitPolicy, JobOptions
 from narrator.common.logging import get_logger
 from narrator.common.prompts import load_prompts
-from narrator.common.queueing import JobOptions
 from narrator.common.runs import default_state_dir
 from narrator.local.redis_server import LocalRedis
 from narrator.ops.status import RunStatus, format_status, read_status
@@ -153,6 +153,7 @@ def annotate(
             prompts=prompts,
             model=model,
             options=JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries),
+            policy=CommitPolicy(config.failed_items_threshold, config.allow_failed_items),
             staging_dir=Path(config.staging_dir or state_dir / "staging"),
             meta=meta,
         )

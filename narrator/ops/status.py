@@ -1,7 +1,8 @@
 """Progress of a run, read from Redis: per module, per file, failures, throughput, ETA.
 
 Used by ``narrator status``, the progress bar of ``narrator annotate`` and ``retry-failed``.
-Read-only, except :func:`retry_failed`, which re-enqueues a run's failed jobs.
+Read-only, except :func:`retry_failed`, which schedules a run's failed jobs and failed items
+again (the producer's :func:`~producer.schedule.schedule_run` on the recorded run).
 """
 
 from __future__ import annotations
@@ -18,8 +19,18 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 
 from narrator.common import keys
+from narrator.common.failed_items import (
+    ModuleTally,
+    read_failure_records,
+    read_hold,
+    read_tallies,
+    record_hold,
+)
 from narrator.common.queueing import module_queue, writer_queue
 from narrator.common.runs import RunRecord, load_run, load_run_files, text
+from narrator.producer.schedule import schedule_run
+
+FAILURES_SHOWN = 20  # failed items listed by format_status
 
 
 @dataclass
@@ -47,6 +58,9 @@ class RunStatus:
     counters: dict[str, int]
     elapsed_s: float
     notes: list[str] = field(default_factory=list)
+    item_tallies: list[ModuleTally] = field(default_factory=list)
+    failed_items: list[dict[str, Any]] = field(default_factory=list)  # the failure records
+    commit_hold: str | None = None  # why the writer did not commit (too many failed items)
 
     @property
     def jobs_done(self) -> int:
@@ -62,7 +76,7 @@ class RunStatus:
             return "done"
         if self.queued or self.started or self.deferred:
             return "running"
-        if self.failed_jobs or self.writer_errors:
+        if self.failed_jobs or self.writer_errors or self.commit_hold:
             return "failed"
         if self.jobs_done == self.jobs_total and self.files_staged < self.files_total:
             return "writing"
@@ -118,8 +132,8 @@ def read_status(conn: redis.Redis, run_id: str) -> RunStatus:
                 exc = (info.exc_string if info is not None else None) or ""
                 reason = exc.strip().splitlines()[-1] if exc.strip() else "unknown"
             failed.append(FailedJob(job_id, queue.name, reason))
-    raw_failures = conn.lrange(keys.failures(run_id), 0, -1)
-    kinds: Counter[str] = Counter(orjson.loads(r)["kind"] for r in raw_failures)
+    records = read_failure_records(conn, run_id, run.module_hashes)
+    kinds: Counter[str] = Counter(str(r["kind"]) for r in records)
     writer_errors = {
         text(k) or "": orjson.loads(v) for k, v in conn.hgetall(keys.writer_errors(run_id)).items()
     }
@@ -135,11 +149,14 @@ def read_status(conn: redis.Redis, run_id: str) -> RunStatus:
         started=started,
         deferred=deferred,
         failed_jobs=failed,
-        item_failures=len(raw_failures),
+        item_failures=len(records),
         item_failure_kinds=dict(kinds),
         writer_errors=writer_errors,
         counters=counters,
         elapsed_s=max(time.time() - run.created_at, 0.0),
+        item_tallies=read_tallies(conn, run_id, run.module_hashes),
+        failed_items=records,
+        commit_hold=None if committed else read_hold(conn, run_id),
     )
 
 
@@ -148,15 +165,23 @@ def list_runs(conn: redis.Redis) -> list[str]:
 
 
 def retry_failed(conn: redis.Redis, run_id: str) -> int:
-    """Re-enqueue every failed job of ``run_id`` (module and writer queues)."""
-    load_run(conn, run_id)  # fail clearly on an unknown run
-    count = 0
-    for queue in (module_queue(conn), writer_queue(conn)):
-        registry = FailedJobRegistry(queue=queue)
-        for job_id in _run_jobs(registry.get_job_ids(), run_id):
-            registry.requeue(job_id)
-            count += 1
-    return count
+    """Schedule ``run_id`` again: failed jobs (module and writer queues), leftovers of
+    interrupted ones and every member whose result has failed items are enqueued anew (the
+    replayed answers of their successful items are not asked again). Returns how many jobs
+    were enqueued (module and finalize jobs)."""
+    run = load_run(conn, run_id)  # fail clearly on an unknown run
+    record_hold(conn, run_id, None)
+    outcome = schedule_run(conn, run, load_run_files(conn, run_id))
+    return outcome.enqueued + outcome.finalize_enqueued
+
+
+def read_replica_states(conn: redis.Redis) -> dict[str, dict[str, Any]]:
+    """label -> {"healthy", "reason", "at"}: the latest health change of each VLM replica
+    that a worker reported (see ``workers.replica_status``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for label, raw in conn.hgetall(keys.REPLICAS).items():
+        out[text(label) or ""] = orjson.loads(raw)
+    return out
 
 
 def format_status(status: RunStatus) -> str:
@@ -188,7 +213,19 @@ def format_status(status: RunStatus) -> str:
         lines.append(f"  VLM requests {req}  tokens {toks}  images {imgs}")
     if status.item_failures:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(status.item_failure_kinds.items()))
-        lines.append(f"  item failures {status.item_failures} ({kinds})")
+        tallies = ", ".join(
+            f"{t.module} {t.failed}/{t.items}" for t in status.item_tallies if t.failed
+        )
+        lines.append(f"  item failures {status.item_failures} ({kinds}; failed/items: {tallies})")
+        for record in status.failed_items[:FAILURES_SHOWN]:
+            lines.append(
+                f"  FAILED ITEM {record['module']} episode {record['episode']} "
+                f"{record['item']}: {record['kind']}: {str(record['message'])[:160]}"
+            )
+        if len(status.failed_items) > FAILURES_SHOWN:
+            lines.append(f"  ... and {len(status.failed_items) - FAILURES_SHOWN} more")
+    if status.commit_hold:
+        lines.append(f"  NOT COMMITTED: {status.commit_hold}")
     for job in status.failed_jobs[:20]:
         lines.append(f"  FAILED {job.job_id}: {job.reason}")
     for data_file, errors in list(status.writer_errors.items())[:10]:

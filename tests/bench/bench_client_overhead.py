@@ -28,10 +28,10 @@ import redis
 
 from narrator.common import keys
 from narrator.common.dataset.reader import load_dataset_meta, read_episode_frames
+from narrator.common.job_specs import PUBLISH_SCRIPT
 from narrator.common.staging import ModuleResult, StagedRow
 from narrator.local.redis_server import LocalRedis
 from narrator.workers.frames import decode_video_frames, encode_frame
-from narrator.workers.jobs import PUBLISH_SCRIPT
 from narrator.workers.json_answer import extract_json_object
 from narrator.workers.modules.asking import user_message
 from narrator.workers.vlm_api import ChatRequest
@@ -184,16 +184,39 @@ def _redis_publish_ms(ctx: BenchContext) -> float:
     data = result.encode()
     with LocalRedis(ctx.scratch("publish-redis")) as server:
         conn = redis.Redis.from_url(server.url)
+        conn.hset(
+            keys.run("bench"),
+            mapping={"module_hashes": '{"vqa": "' + "h" * 16 + '"}', "generation": "g"},
+        )
         script = conn.register_script(PUBLISH_SCRIPT)
         n = 300
+        run_keys = [
+            keys.finalize_claims("bench"),
+            keys.stats("bench"),
+            keys.item_failures("bench"),
+            keys.item_tallies("bench"),
+            keys.item_totals("bench"),
+        ]
 
         def publish() -> None:
             for i in range(n):
                 pending = keys.pending("bench", "file")
                 conn.sadd(pending, f"vqa:{i}", "keep")
                 script(
-                    keys=[keys.result("bench", "vqa", i), pending, "claim", "stats", "failures"],
-                    args=["h" * 16, data, f"vqa:{i}", 1, "vqa:requests", 6],
+                    keys=[keys.run("bench"), keys.result("bench", "vqa", i), pending, *run_keys],
+                    args=[
+                        "vqa",
+                        "h" * 16,
+                        data,
+                        f"vqa:{i}",
+                        "file",
+                        6,
+                        0,
+                        "",
+                        1,
+                        "vqa:requests",
+                        6,
+                    ],
                 )
 
         started = time.perf_counter()

@@ -44,6 +44,7 @@ from narrator.common import keys
 from narrator.common.config import load_config
 from narrator.common.contract import EVENTS_COLUMN, PERSISTENT_COLUMN
 from narrator.common.dataset.reader import load_dataset_meta, read_episode_frames
+from narrator.common.failed_items import read_failure_records
 from narrator.common.runs import text
 from narrator.common.staging import ModuleResult
 from narrator.inspection.dataset_check import check_annotated_dataset
@@ -257,7 +258,7 @@ def verify(original: Path, root: Path, conn: redis.Redis, status: RunStatus) -> 
     episodes = sorted(meta.episodes)
     modules = list(status.run.module_hashes)
     results = load_results(conn, status.run.run_id, episodes, modules)
-    failures = [json.loads(r) for r in conn.lrange(keys.failures(status.run.run_id), 0, -1)]
+    failures = read_failure_records(conn, status.run.run_id, modules)
     failed_items: dict[int, list[tuple[str, str]]] = {}
     for failure in failures:
         failed_items.setdefault(failure["episode"], []).append((failure["module"], failure["item"]))

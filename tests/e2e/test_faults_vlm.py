@@ -234,7 +234,11 @@ def test_unusable_answers_are_corrected_or_counted(
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    outcome = run_copy(original, tmp_path, fleet, redis_url, faults=faults, attempts=4)
+    # About 9 % of the items stay unusable: over the failed-items threshold (5 %), so the
+    # run commits with its losses only because it is told to (it would stop instead).
+    outcome = run_copy(
+        original, tmp_path, fleet, redis_url, faults=faults, attempts=4, allow_failed_items=True
+    )
     # The plan module fails an episode's job for good when every subtask answer stays
     # unusable after its corrective retry (one window per short episode: 0.2 x 0.2 = 4% of
     # episodes here); the run then stops with exit code 1 and that job listed, and running

@@ -41,6 +41,7 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from narrator.common import keys
+from narrator.common.job_specs import ModuleJob
 from narrator.common.prompts import load_prompts
 from narrator.common.queueing import (
     MODULE_JOB,
@@ -198,7 +199,12 @@ def test_module_job_of_an_unknown_run_fails_cleanly_without_retries(
 ) -> None:
     conn = redis.Redis.from_url(redis_url)
     enqueue_module_jobs(
-        conn, [module_job_data("0123456789ab", "plan", 0, "f" * 16, JobOptions(job_retries=3))]
+        conn,
+        [
+            module_job_data(
+                ModuleJob("0123456789ab", "plan", 0, "f" * 16), JobOptions(job_retries=3)
+            )
+        ],
     )
     job_id = keys.job_id("0123456789ab", "plan", 0, "f" * 16)
     proc = _narrator(["worker", "--burst", *_ONE_PROCESS["worker"]], _role_env(redis_url))

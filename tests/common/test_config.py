@@ -1,0 +1,89 @@
+"""The one config object (pure): precedence, environment names, validation, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from narrator.common.config import NarratorConfig, env_overrides, load_config
+from narrator.common.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = load_config(env={})
+    assert config.annotation.modules == ("plan", "interjections", "vqa")
+    assert config.jobs_per_worker == 16 and config.workers == 2
+    assert config.failed_items_threshold == 0.05 and config.allow_failed_items is False
+    assert config.redis_url_value() is None and config.vlm.urls == ()
+
+
+def test_precedence_defaults_yaml_env_cli(tmp_path: Path) -> None:
+    yaml_path = tmp_path / "narrator.yaml"
+    yaml_path.write_text("workers: 3\njob_retries: 7\nvlm:\n  timeout_s: 30\n")
+    env = {"NARRATOR_WORKERS": "4", "NARRATOR_VLM__TIMEOUT_S": "40"}
+    config = load_config({"workers": 5, "job_retries": None}, env=env, yaml_path=yaml_path)
+    assert config.workers == 5  # the flag wins
+    assert config.vlm.timeout_s == 40  # env over YAML
+    assert config.job_retries == 7  # YAML over the default; a None flag is "not given"
+
+
+def test_environment_names() -> None:
+    env = {
+        "NARRATOR_REDIS_URL": "redis://h:6379/0",
+        "NARRATOR_VLM_URLS": "http://a:8000, http://b:8000/",
+        "NARRATOR_MODEL": "m",
+        "NARRATOR_ANNOTATION__MODULES": "plan,vqa",
+        "NARRATOR_ANNOTATION__VQA__VQA_HZ": "2",
+        "NARRATOR_UNRELATED": "ignored",
+        "OTHER": "ignored",
+        "NARRATOR_JOB_TIMEOUT_S": "",  # empty: not given
+    }
+    overrides = env_overrides(env)
+    assert "unrelated" not in overrides and "job_timeout_s" not in overrides
+    config = load_config(env=env)
+    assert config.redis_url_value() == "redis://h:6379/0"
+    assert config.vlm.urls == ("http://a:8000", "http://b:8000")
+    assert config.vlm.model == "m"
+    assert config.annotation.modules == ("plan", "vqa")
+    assert config.annotation.vqa.vqa_hz == 2.0
+
+
+def test_every_problem_is_listed_in_one_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config({"workers": 0, "annotation": {"vqa": {"vqa_hz": -1}}}, env={})
+    message = str(err.value)
+    assert "workers" in message and "annotation.vqa.vqa_hz" in message
+
+
+@pytest.mark.parametrize(
+    ("cli", "fragment"),
+    [
+        ({"failed_items_threshold": 1.5}, "failed_items_threshold"),
+        ({"annotation": {"modules": ["interjections"]}}, "needs the plan module"),
+        ({"annotation": {"vqa": {"question_types": ["colour"]}}}, "question types"),
+        ({"no_such_field": 1}, "no_such_field"),
+    ],
+)
+def test_invalid_values_are_refused(cli: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(cli, env={})
+
+
+def test_yaml_problems_are_config_errors(tmp_path: Path) -> None:
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at top level"):
+        load_config(env={}, yaml_path=listing)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(env={}, yaml_path=tmp_path / "missing.yaml")
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    config = load_config(
+        {"redis_url": "redis://:hunter2@h:6379/0", "vlm": {"api_key": "sk-secret"}}, env={}
+    )
+    shown = repr(config) + str(config.model_dump())
+    assert "hunter2" not in shown and "sk-secret" not in shown
+    assert config.redis_url_value() == "redis://:hunter2@h:6379/0"
+    assert isinstance(config, NarratorConfig)
