@@ -134,16 +134,18 @@ class IdleSplit:
     """Where the idle slot time of a window went (shares of all slot time in the window)."""
 
     idle: float  # 1 - utilisation
-    imbalance: float  # idle while another replica had requests waiting for a slot
-    underfed: float  # idle while no replica had a request waiting: nothing was offered
+    imbalance: float  # idle while another replica was full with requests waiting for a slot
+    underfed: float  # idle while no replica had a queue: nothing more was offered
 
 
 def idle_split(timelines: Sequence[Sequence[Entry]], slots: int, t0: float, t1: float) -> IdleSplit:
     """Split the idle slot-seconds of [t0, t1] by whether another replica had a queue then.
 
-    A replica (FIFO, as vLLM) never leaves a slot idle while a request waits at it, so idle
-    slot time is either a request sent to a busier replica (imbalance) or no request at all
-    (underfed)."""
+    A replica queues when all its slots are busy and requests wait for one (a request that
+    has arrived but not started while slots are free is still being read and parsed by the
+    server, not queued). A replica (FIFO, as vLLM) never leaves a slot idle while it queues,
+    so idle slot time is either a request sent to a busier replica (imbalance) or no request
+    at all (underfed)."""
     if t1 <= t0 or not timelines:
         return IdleSplit(0.0, 0.0, 0.0)
     events: list[tuple[float, int, int, int]] = []  # (time, replica, d_running, d_waiting)
@@ -160,7 +162,7 @@ def idle_split(timelines: Sequence[Sequence[Entry]], slots: int, t0: float, t1: 
     for at, r, d_run, d_wait in [*events, (t1, -1, 0, 0)]:
         lo, hi = max(last, t0), min(at, t1)
         if hi > lo:
-            queued = [w > 0 for w in waiting]
+            queued = [w > 0 and running[i] >= slots for i, w in enumerate(waiting)]
             for q in range(n):
                 idle = max(0, slots - running[q]) * (hi - lo)
                 if any(queued[o] for o in range(n) if o != q):
@@ -212,9 +214,10 @@ def binding_limit(
 
     Rules, in order: the target met -> "none"; more idle slot time while another replica
     had a queue than with no queue anywhere -> "replica choice (imbalance)"; otherwise the
-    fleet was not offered enough requests, and: the cores >= 90 % busy -> "CPU (the
-    machine)"; the workers' job count at its cap with jobs queued >= half the window -> "jobs
-    held by the workers"; else the ready work ran out -> "dependency chains (ready work)".
+    fleet was not offered enough requests, and: the workers' job count at its cap with jobs
+    queued >= half the window -> "jobs held by the workers" (a hard cap: more CPU would not
+    lift it); the cores >= 90 % busy -> "CPU (the machine)"; else the ready work ran out ->
+    "dependency chains (ready work)".
     The simulator's oversleep is shown, not a rule: it holds slots longer (more busy time),
     which stretches wall times but does not lower utilisation.
     """
@@ -226,24 +229,26 @@ def binding_limit(
         f"{samples.narrator_cores:.2f}, simulator {samples.sim_cores:.2f} cores); simulator "
         f"oversleep {overrun:+.1%}"
     )
+    if samples.jobs_running is not None:
+        per_job = present / samples.jobs_running if samples.jobs_running else 0.0
+        shown += f"; {samples.jobs_running:.1f} jobs running ({per_job:.2f} requests each)"
+        if samples.job_capacity is not None and samples.jobs_at_capacity_share is not None:
+            shown += (
+                f" of a cap of {samples.job_capacity}, at the cap with jobs queued "
+                f"{samples.jobs_at_capacity_share:.0%} of the window"
+            )
+        if samples.jobs_queued is not None:
+            shown += f"; {samples.jobs_queued:.1f} jobs queued"
     if utilisation >= target:
         return Binding("none", shown)
     if split.imbalance > split.underfed:
         return Binding("replica choice (imbalance)", shown)
-    if samples.machine_cpu_busy >= BUSY_MACHINE:
-        return Binding("CPU (the machine)", shown)
     if (
         samples.jobs_at_capacity_share is not None
         and samples.job_capacity is not None
         and samples.jobs_at_capacity_share >= CAPPED
     ):
-        per_job = present / samples.jobs_running if samples.jobs_running else 0.0
-        return Binding(
-            "jobs held by the workers",
-            f"{shown}; {samples.jobs_running:.1f} jobs running of a cap of "
-            f"{samples.job_capacity}, at the cap with jobs queued "
-            f"{samples.jobs_at_capacity_share:.0%} of the window ({per_job:.2f} requests at "
-            f"the replicas per running job)",
-        )
-    queued = "" if samples.jobs_queued is None else f"; {samples.jobs_queued:.1f} jobs queued"
-    return Binding("dependency chains (ready work)", f"{shown}{queued}")
+        return Binding("jobs held by the workers", shown)
+    if samples.machine_cpu_busy >= BUSY_MACHINE:
+        return Binding("CPU (the machine)", shown)
+    return Binding("dependency chains (ready work)", shown)

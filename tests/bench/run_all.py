@@ -44,7 +44,7 @@ TIMEOUTS_S = {
     "fleet-4x128": 2400.0,
     "fleet-8x256": 3000.0,
     bench_degraded.NAME: 1200.0,
-    bench_scaling.NAME: 900.0,
+    bench_scaling.NAME: 1500.0,
 }
 
 

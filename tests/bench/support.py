@@ -19,12 +19,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil  # type: ignore[import-untyped]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,42 +104,71 @@ _GENERATE = (
     "make_sample_dataset(sys.argv[1], **json.loads(sys.argv[2]))\n"
 )
 GENERATE_ATTEMPTS = 3
+STALL_S = 30.0  # a generation whose CPU time does not move for this long is hung
+GENERATE_MAX_S = 3600.0
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def _generate_once(path: Path, kwargs: dict[str, Any]) -> bool:
+    """Generate in a child; False if it hung (its CPU time stood still for STALL_S)."""
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _GENERATE, str(path), json.dumps(kwargs)],
+            env=child_environment(),
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        watched = psutil.Process(child.pid)
+        started = last_move = time.monotonic()
+        last_cpu = 0.0
+        while child.poll() is None:
+            time.sleep(1.0)
+            try:
+                cpu = _cpu_s(watched)
+            except psutil.Error:
+                continue
+            now = time.monotonic()
+            if cpu > last_cpu + 0.05:
+                last_cpu, last_move = cpu, now
+            if now - last_move > STALL_S or now - started > GENERATE_MAX_S:
+                child.kill()
+                child.wait()
+                return False
+        if child.returncode != 0:
+            err.seek(0)
+            tail = err.read()[-2000:].decode("utf-8", "replace")
+            raise RuntimeError(f"generating {path.name} failed: {tail}")
+    return True
 
 
 def sample_dataset(ctx: BenchContext, **kwargs: Any) -> Path:
     """The generated dataset for these arguments (generated on first use in this run).
 
-    Generated in a child process with a deadline: the SVT-AV1 encoder has been seen to
-    deadlock (rarely, on a loaded machine) inside ``avcodec_send_frame``; a generation that
-    hangs is killed, reported on stdout and started again (up to GENERATE_ATTEMPTS)."""
+    Generated in a child process that is watched: the SVT-AV1 encoder of this PyAV build has
+    been seen to deadlock inside ``avcodec_send_frame`` (waiting on a semaphore, no CPU
+    used); a generation whose CPU time stands still for STALL_S is killed, reported on
+    stdout and started again (up to GENERATE_ATTEMPTS). A slow generation on a busy machine
+    is left alone."""
     name = "ds-" + "-".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
     path = ctx.work / "datasets" / name
     if (path / "meta" / "info.json").exists():
         return path
-    # seconds allowed: generous for the size (a normal generation takes a tenth of this)
-    pixels = int(kwargs.get("width", 96)) * int(kwargs.get("height", 72)) / (640 * 480)
-    deadline_s = 60 + int(kwargs.get("episodes", 10)) * (0.3 + 5 * pixels)
     for attempt in range(1, GENERATE_ATTEMPTS + 1):
         if path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run(
-                [sys.executable, "-c", _GENERATE, str(path), json.dumps(kwargs)],
-                env=child_environment(),
-                cwd=REPO_ROOT,
-                timeout=deadline_s,
-                check=True,
-                capture_output=True,
-            )
+        if _generate_once(path, kwargs):
             return path
-        except subprocess.TimeoutExpired:
-            sys.stdout.write(
-                f"[bench] generating {name} hung (attempt {attempt}); killed, starting again\n"
-            )
-            sys.stdout.flush()
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"generating {name} failed: {exc.stderr[-2000:]!r}") from exc
+        sys.stdout.write(
+            f"[bench] generating {name} hung (no CPU used for {STALL_S:.0f} s, attempt "
+            f"{attempt}); killed, starting again\n"
+        )
+        sys.stdout.flush()
     raise RuntimeError(f"generating {name} hung {GENERATE_ATTEMPTS} times")
 
 
@@ -194,8 +226,6 @@ def peak_rss_bytes() -> int:
 
 
 def current_rss_bytes() -> int:
-    import psutil  # type: ignore[import-untyped]
-
     return int(psutil.Process().memory_info().rss)
 
 

@@ -101,6 +101,15 @@ def test_idle_split_tells_a_queue_elsewhere_from_no_request_at_all() -> None:
     assert split.underfed == pytest.approx(2 / 6)
 
 
+def test_a_request_being_read_while_slots_are_free_is_no_queue() -> None:
+    # replica 0 (2 slots): one request runs, another arrived at 0 but starts at 1 (the
+    # server was still parsing it: a slot was free); replica 1 idle throughout
+    parsing = [entry(0, 0, 3), entry(0, 1, 3)]
+    split = idle_split([parsing, []], slots=2, t0=0, t1=3)
+    assert split.imbalance == pytest.approx(0.0)
+    assert split.underfed == pytest.approx((1 + 6) / 12)
+
+
 def test_idle_split_of_a_full_fleet_is_zero() -> None:
     full = [[entry(0, 0, 4)], [entry(0, 0, 4)]]
     assert idle_split(full, slots=1, t0=1, t1=3) == IdleSplit(0.0, 0.0, 0.0)
@@ -122,7 +131,8 @@ def test_binding_limit_rules_in_order() -> None:
     underfed = IdleSplit(0.5, 0.1, 0.4)
     assert binding(0.95, underfed, samples()) == "none"
     assert binding(0.5, IdleSplit(0.5, 0.4, 0.1), samples()) == "replica choice (imbalance)"
-    assert binding(0.5, underfed, samples(busy=0.95)) == "CPU (the machine)"
+    assert binding(0.5, underfed, samples(busy=0.95)) == "jobs held by the workers"
+    assert binding(0.5, underfed, samples(busy=0.95, capped=0.1)) == "CPU (the machine)"
     assert binding(0.5, underfed, samples()) == "jobs held by the workers"
     assert binding(0.5, underfed, samples(capped=0.1)) == "dependency chains (ready work)"
     no_jobs = samples(running=None, queued=None, capacity=None, capped=None)
