@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -290,6 +290,34 @@ class AnnotationSettings(_Model):
         return v
 
 
+def normalize_base_url(url: str) -> str:
+    """The one spelling of a replica's base URL: the server root, without ``/v1``.
+
+    ``http://h:p``, ``http://h:p/``, ``http://h:p/v1`` and ``http://h:p/v1/`` are the same
+    replica (OpenAI clients and LeRobot write the ``/v1`` form); a path prefix before ``/v1``
+    (a reverse proxy) is kept: ``http://proxy/vlm/v1`` -> ``http://proxy/vlm``. The client
+    appends ``/v1/chat/completions`` and ``/v1/models`` to it, and ``/health`` and ``/metrics``
+    (vLLM serves those at the root). Raises ValueError for anything that is not an
+    ``http(s)://host[:port][/path]`` URL.
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"VLM URL {text!r} is not a valid URL ({exc})") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"VLM URL {text!r} must look like http://host:port/v1 (scheme http or https)"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"VLM URL {text!r} must not have a query or fragment")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
+
+
 class VLMSettings(_Model):
     cli_prefix: ClassVar[str] = "vlm-"
     cli_group: ClassVar[str] = "VLM server and requests"
@@ -300,8 +328,9 @@ class VLMSettings(_Model):
         Surface(flag="--vlm-url", env="NARRATOR_VLM_URLS", repeat=True, metavar="URL"),
     ] = Field(
         default=(),
-        description="base URL of an OpenAI-compatible server (repeat the flag for several "
-        "replicas; the variable takes a comma-separated list)",
+        description="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1 (with "
+        "or without /v1; repeat the flag for several replicas; the variable takes a "
+        "comma-separated list)",
     )
     model: Annotated[
         str | None,
@@ -311,14 +340,40 @@ class VLMSettings(_Model):
         SecretStr | None,
         Surface(env="NARRATOR_VLM_API_KEY", no_flag="a secret: argv is visible to every user"),
     ] = Field(default=None, description="API key sent as 'Authorization: Bearer KEY'")
-    timeout_s: float = Field(default=120.0, gt=0, description="per-request timeout, in seconds")
+    timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="longest time one request may take, in seconds (the adaptive timeout "
+        "never exceeds it)",
+    )
     connect_timeout_s: float = Field(
         default=10.0, gt=0, description="connection timeout per request, in seconds"
     )
     max_in_flight_per_replica: Annotated[
         int | None,
         Surface(flag="--max-in-flight-per-replica", default_text="adaptive, from the replica"),
-    ] = Field(default=None, ge=1, description="concurrent requests per replica")
+    ] = Field(
+        default=None,
+        ge=1,
+        description="fixed number of concurrent requests per replica and worker process "
+        "(unset: adapted to the replica's vllm:num_requests_running/waiting)",
+    )
+    initial_in_flight_per_replica: int = Field(
+        default=16, ge=1, description="first in-flight limit of the adaptive control, requests"
+    )
+    in_flight_ceiling_per_replica: int = Field(
+        default=1024, ge=1, description="highest in-flight limit the adaptive control sets"
+    )
+    queue_target: float = Field(
+        default=1.25,
+        ge=1.0,
+        le=4.0,
+        description="the adaptive control aims at running + waiting = this x what the replica "
+        "runs at once (a ratio)",
+    )
+    metrics_interval_s: float = Field(
+        default=1.0, gt=0, description="how often each replica's /metrics is read, in seconds"
+    )
     max_attempts: int = Field(
         default=6, ge=1, le=100, description="attempts per request, across replicas"
     )
@@ -327,13 +382,53 @@ class VLMSettings(_Model):
     )
     backoff_max_s: float = Field(default=30.0, ge=0, description="longest retry delay, in seconds")
     health_interval_s: float = Field(
-        default=5.0, gt=0, description="how often a replica out of rotation is probed, in seconds"
+        default=5.0,
+        gt=0,
+        description="how often each replica's /health is checked (and a replica out of "
+        "rotation probed), in seconds",
     )
+    timeout_p99_multiple: float = Field(
+        default=6.0,
+        ge=0,
+        description="adaptive request timeout: this multiple of the fleet's p99 latency for "
+        "the same kind of request, between min_timeout_s and timeout_s (0: always timeout_s)",
+    )
+    min_timeout_s: float = Field(
+        default=5.0, gt=0, description="shortest adaptive request timeout, in seconds"
+    )
+    hedge: bool = Field(
+        default=True,
+        description="re-send a slow request on a dependency chain (the plan and "
+        "interjections modules' requests) to another replica and take the first answer",
+    )
+    hedge_min_delay_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="earliest hedge, in seconds (otherwise 1.5 x the p95 latency of the same "
+        "kind of request)",
+    )
+    stats_window_s: float = Field(
+        default=60.0, gt=0, description="window of the per-replica failure rates, in seconds"
+    )
+    eject_failure_rate: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="a replica whose share of timeouts/errors exceeds this (and is much above "
+        "its peers') leaves rotation until a probe request succeeds (a ratio)",
+    )
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
 
     @field_validator("urls")
     @classmethod
-    def _strip(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(u.rstrip("/") for u in v)
+    def _normalize(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """One spelling per replica (see :func:`normalize_base_url`); the same replica given
+        twice (say with and without ``/v1``) is one replica."""
+        return tuple(dict.fromkeys(normalize_base_url(u) for u in v if u.strip()))
 
 
 class NarratorConfig(_Model):
@@ -397,6 +492,11 @@ class NarratorConfig(_Model):
     ] = Field(default=None, description="where finalized shards wait until the run commits")
     metrics_port: Annotated[int | None, Surface(commands=frozenset({WORKER, WRITER}))] = Field(
         default=None, ge=0, le=65535, description="serve Prometheus metrics on this TCP port"
+    )
+    progress_interval_s: Annotated[float, Surface(commands=frozenset({ANNOTATE}))] = Field(
+        default=10.0,
+        gt=0,
+        description="seconds between progress lines when stderr is not a terminal",
     )
     log_level: Annotated[str, Surface(commands=frozenset(CONFIG_COMMANDS), metavar="LEVEL")] = (
         Field(default="info", description="log level: " + ", ".join(LOG_LEVELS))

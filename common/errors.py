@@ -60,7 +60,19 @@ class VLMUnavailableError(VLMError, TransientError):
 
 
 class VLMRequestRejectedError(VLMError, PermanentError):
-    """400/422: the server refused the request itself; sending it again will not help."""
+    """400/413/422: the server refused this one request (too long, a parameter it does not
+    take); sending it again will not help, but other requests of the job may well work, so it
+    fails the item, not the job."""
+
+
+class VLMAccessError(VLMError, PermanentError):
+    """The server refuses every request of this kind: the API key (401/403), the model or the
+    route (404/405). Nothing of the run can succeed until the configuration is fixed, so it
+    fails the job (and, found by the start-up check, the command) instead of one item.
+
+    Deliberately not a :class:`VLMRequestRejectedError`: modules catch that one as an item
+    failure.
+    """
 
 
 class BadAnswerError(VLMError, PermanentError):

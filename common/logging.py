@@ -1,8 +1,16 @@
 """structlog set-up shared by every process.
 
-JSON lines when stderr is not a terminal or ``NARRATOR_LOG_FORMAT=json`` (containers), a
-readable console layout otherwise. Context such as ``run``, ``job`` and ``episode`` is bound
-with ``structlog.contextvars`` by the code that knows it. Secrets are masked by
+Format: ``--log-format`` / ``NARRATOR_LOG_FORMAT`` when given; otherwise readable console
+lines for the commands people run (``human=True``: annotate, status, validate, demo, ...),
+with colours only on a terminal, and for the roles (worker, writer, enqueue) console lines on
+a terminal and JSON lines when stderr is not one (containers, log files).
+
+Level: the given one; otherwise ``warning`` for the commands people run (their own output
+says what they do), unless JSON logs were asked for, and ``info`` for the roles.
+
+Event names are snake_case and stable (``embedded_redis_started``): they are an interface
+for log searches. Context such as ``run``, ``job`` and ``episode`` is bound with
+``structlog.contextvars`` by the code that knows it. Secrets are masked by
 :func:`redact_processor` before anything is rendered.
 """
 
@@ -42,13 +50,11 @@ def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
     return structlog.PrintLogger(file=sys.stderr)
 
 
-def configure_logging(level: str = "info", fmt: str | None = None) -> None:
+def configure_logging(level: str = "", fmt: str | None = None, *, human: bool = False) -> None:
     """Configure structlog (and the stdlib root logger it renders through) once per process."""
-    fmt = (
-        fmt
-        or os.environ.get("NARRATOR_LOG_FORMAT")
-        or ("console" if sys.stderr.isatty() else "json")
-    )
+    fmt = fmt or os.environ.get("NARRATOR_LOG_FORMAT")
+    level = level or ("warning" if human and fmt != "json" else "info")
+    fmt = fmt or ("console" if human or sys.stderr.isatty() else "json")
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

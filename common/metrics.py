@@ -36,6 +36,33 @@ VLM_IN_FLIGHT = Gauge(
     ["replica"],
     multiprocess_mode="livesum",
 )
+VLM_IN_FLIGHT_LIMIT = Gauge(
+    "narrator_vlm_in_flight_limit",
+    "In-flight limit per replica set by the adaptive control (summed over worker processes)",
+    ["replica"],
+    multiprocess_mode="livesum",
+)
+VLM_SERVER_REQUESTS = Gauge(
+    "narrator_vlm_server_requests",
+    "The replica's own vllm:num_requests_running / _waiting as last read (state label)",
+    ["replica", "state"],
+    multiprocess_mode="livemax",
+)
+VLM_HEDGES = Counter(
+    "narrator_vlm_hedges_total",
+    "Requests re-sent to a second replica because the first was slow, by which answered",
+    ["module", "winner"],
+)
+REPLICA_EJECTIONS = Counter(
+    "narrator_vlm_replica_ejections_total",
+    "Times a replica was taken out of rotation, by reason",
+    ["replica", "reason"],
+)
+VLM_FORMAT_FALLBACKS = Counter(
+    "narrator_vlm_json_object_fallbacks_total",
+    "Replicas that refused response_format json_schema and are asked with json_object",
+    ["replica"],
+)
 REPLICA_HEALTHY = Gauge(
     "narrator_vlm_replica_healthy",
     "1 if the replica is in rotation (minimum over worker processes)",

@@ -5,8 +5,14 @@ Files live in ``common/prompts/`` and are named ``<module>.<use>.txt`` (for exam
 prompt recomputes only that module. A user directory (``--prompt-dir``) may hold files of
 the same names; each one found there replaces the shipped one.
 
-Templates use ``string.Template`` syntax (``$task``, ``${n_frames}``); rendering with a
-missing value is an error rather than a silently wrong prompt.
+Templates use ``string.Template`` syntax (``$task``, ``${n_frames}``, ``$$`` for a dollar);
+rendering with a missing value is an error rather than a silently wrong prompt.
+
+A replacement file is checked when the prompts are loaded, before any work
+(:func:`check_override`): its ``$`` syntax must be valid, it may use only the placeholders the
+shipped prompt of the same name uses (the values the module passes), and it must use the
+ones in :data:`REQUIRED_PLACEHOLDERS` that the shipped prompt uses (without ``$task`` the
+model is not told the task). The error names the file and the placeholder.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from narrator.common.errors import ConfigError
 
 SHIPPED_DIR = Path(__file__).with_name("prompts")
+REQUIRED_PLACEHOLDERS = frozenset({"task"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,40 @@ def _read_dir(directory: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
+def placeholders(text: str, source: str) -> set[str]:
+    """The ``$names`` a template uses; ConfigError naming ``source`` if its syntax is bad."""
+    template = Template(text)
+    for match in template.pattern.finditer(text):
+        if match.group("invalid") is not None:
+            start = match.start("invalid") - 1  # the "$" itself
+            line = text.count("\n", 0, start) + 1
+            snippet = text[start : start + 8].splitlines()[0]
+            raise ConfigError(
+                f"prompt file {source}, line {line}: {snippet!r} is not a valid placeholder; "
+                "write $name or ${name}, and $$ for a literal dollar sign"
+            )
+    return set(template.get_identifiers())
+
+
+def check_override(name: str, text: str, source: str, shipped_text: str) -> None:
+    """Refuse a replacement prompt whose placeholders the module cannot fill (see above)."""
+    allowed = placeholders(shipped_text, f"shipped {name}")
+    used = placeholders(text, source)
+    unknown = sorted(used - allowed)
+    if unknown:
+        raise ConfigError(
+            f"prompt file {source} uses ${unknown[0]}, which {name} does not provide"
+            f"{' (nor ' + ', '.join('$' + u for u in unknown[1:]) + ')' if unknown[1:] else ''}; "
+            f"it can use {', '.join('$' + a for a in sorted(allowed))}"
+        )
+    missing = sorted((REQUIRED_PLACEHOLDERS & allowed) - used)
+    if missing:
+        raise ConfigError(
+            f"prompt file {source} does not use ${missing[0]}; a {name} prompt must include "
+            f"it (the model is not told otherwise)"
+        )
+
+
 def load_prompts(override_dir: Path | None = None) -> PromptSet:
     """The shipped prompts, each replaced by a same-named file in ``override_dir`` if present."""
     found = _read_dir(SHIPPED_DIR)
@@ -83,6 +124,8 @@ def load_prompts(override_dir: Path | None = None) -> PromptSet:
                 f"prompt directory {override_dir} has files that replace no shipped prompt: "
                 f"{unknown}; shipped names are {sorted(found)}"
             )
+        for name, (text, source) in sorted(overrides.items()):
+            check_override(name, text, source, found[name][0])
         found.update(overrides)
     return PromptSet(
         texts={k: v[0] for k, v in found.items()}, sources={k: v[1] for k, v in found.items()}

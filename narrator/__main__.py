@@ -1,5 +1,5 @@
-"""``python -m narrator`` runs the CLI."""
+"""``python -m narrator`` runs the CLI (as the ``narrator`` console script does)."""
 
-from narrator.cli.main import main
+from narrator.cli.main import run
 
-raise SystemExit(main())
+run()

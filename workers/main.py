@@ -25,6 +25,7 @@ import redis
 from narrator.common import keys
 from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
+from narrator.common.lifecycle import die_with_parent
 from narrator.common.logging import configure_logging, get_logger
 from narrator.common.metrics import start_metrics_server, start_multiprocess_metrics_server
 from narrator.common.rq_internals import ContextWorker, ThreadedWorker
@@ -58,11 +59,11 @@ def _serve_threads(
             # A signal sent to the process group and forwarded by the pool parent arrives
             # twice; only a second request a moment later means "stop now".
             if time.monotonic() - first_signal_at[0] > 1.0:
-                log.warning("second stop signal: exiting now")
+                log.warning("worker_second_stop_signal_exiting")
                 os._exit(1)
             return
         first_signal_at.append(time.monotonic())
-        log.info("stopping after the running jobs", signal=signum)
+        log.info("worker_stopping_after_running_jobs", signal=signum)
         for w in workers:
             w.request_warm_stop()
 
@@ -84,7 +85,9 @@ def _serve_threads(
             t.join(timeout=0.5)
 
 
-def _serve_process(config: NarratorConfig, burst: bool) -> None:
+def _serve_process(config: NarratorConfig, burst: bool, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:  # a pool child ends when its pool parent ends, however
+        die_with_parent(parent_pid)
     configure_logging(config.log_level, config.log_format)  # spawned: a fresh interpreter
     loop = LoopThread()
     ctx = loop.run(open_worker_context(config))
@@ -112,7 +115,7 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
     if not config.vlm.urls:
         raise ConfigError("narrator worker needs --vlm-url (or NARRATOR_VLM_URLS)")
     log.info(
-        "worker starting",
+        "worker_starting",
         processes=config.workers,
         jobs_per_worker=config.jobs_per_worker,
         vlm_urls=list(config.vlm.urls),
@@ -128,7 +131,9 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
     start_multiprocess_metrics_server(config.metrics_port, metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_serve_process, args=(config, burst), name=f"narrator-worker-{i}")
+        ctx.Process(
+            target=_serve_process, args=(config, burst, os.getpid()), name=f"narrator-worker-{i}"
+        )
         for i in range(config.workers)
     ]
     for child in children:

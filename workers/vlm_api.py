@@ -11,7 +11,9 @@ Invariants (pure, no I/O):
 * a request is immutable and carries everything that changes the answer, so it can be hashed,
   recorded and replayed;
 * ``module`` and ``item`` name the request for counters, logs and failure records; they are not
-  sent to the server.
+  sent to the server; nor is ``on_chain``, which says that later requests wait for this one
+  (plan, memory chain, interjections): the client may hedge such a request (re-send it to a
+  second replica when the first is slow and take the first answer).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ChatRequest:
     temperature: float
     seed: int | None = None
     chat_template_kwargs: Mapping[str, Any] | None = None
+    on_chain: bool = False
 
     @property
     def images(self) -> int:
@@ -74,9 +77,12 @@ class VLM(Protocol):
         """The parsed answer to ``request``.
 
         Raises :class:`~narrator.common.errors.BadAnswerError` when the answer stays unusable,
-        :class:`~narrator.common.errors.VLMRequestRejectedError` when the server refuses the
-        request, :class:`~narrator.common.errors.VLMUnavailableError` when no replica answers
-        within the retry budget.
+        :class:`~narrator.common.errors.VLMRequestRejectedError` when the server refuses this
+        request (400/413/422: an item failure),
+        :class:`~narrator.common.errors.VLMAccessError` when it refuses every request (API key,
+        model, route: 401/403/404/405, a job failure),
+        :class:`~narrator.common.errors.VLMUnavailableError` when no replica answers within the
+        retry budget.
         """
         ...
 

@@ -1,29 +1,41 @@
 """The client narrator's modules use to ask vLLM replicas for JSON answers (aiohttp shell).
 
 :meth:`VLMClient.ask` sends one chat-completion request (a
-:class:`~narrator.workers.vlm_api.ChatRequest`) with a ``json_schema``
-``response_format`` and returns the parsed JSON object. Around it:
+:class:`~narrator.workers.vlm_api.ChatRequest`) with a ``json_schema`` ``response_format``
+and returns the parsed JSON object; :mod:`workers.vlm_transport` does the sending
+(attempts, deadlines, the json_object fallback, hedges). Around it:
 
-* Replica choice: :class:`workers.replicas.ReplicaPool` (least loaded, per-replica in-flight
-  budget, health). The budget is ``settings.max_in_flight_per_replica``; if unset, the client
-  probes ``GET /metrics`` for a ``max_num_seqs`` value (narrator's simulator publishes one;
-  vLLM itself does not) and allows that plus 25% headroom, so a replica's next request is
-  already queued when a slot frees; if nothing says, the budget is
-  ``DEFAULT_IN_FLIGHT_PER_REPLICA`` (32).
-* A background task polls ``GET /health`` every ``settings.health_interval_s``.
-* Error taxonomy: 400/401/403/404/413/422 (any 4xx but 408/429) -> ``VLMRequestRejectedError``,
-  never retried. 408/429/5xx, timeouts, connection errors and malformed response envelopes ->
-  retried with full-jitter exponential backoff (``uniform(0, min(backoff_max_s,
-  backoff_base_s * 2**n))``), on another replica when one is healthy, up to
-  ``settings.max_attempts`` attempts, then ``VLMUnavailableError``.
+* Replica choice and rotation: :class:`workers.replicas.ReplicaPool` (weighted least loaded,
+  per-replica in-flight limit, health, failure streaks and rates). The limit is
+  ``settings.max_in_flight_per_replica`` when set, else adaptive: the background loops of
+  :mod:`workers.fleet_monitor` read each replica's ``vllm:num_requests_running/waiting`` and
+  let :mod:`workers.inflight` set it. :meth:`spare_capacity` / :meth:`wait_for_capacity` say
+  how many more requests the fleet would take now.
+* Error taxonomy (:func:`workers.vlm_protocol.status_class`): 408/429/5xx, timeouts,
+  connection errors and malformed envelopes are retried with full-jitter exponential backoff
+  (``uniform(0, min(backoff_max_s, backoff_base_s * 2**n))``), on another replica when one
+  is in rotation, up to ``settings.max_attempts`` attempts, then ``VLMUnavailableError``;
+  401/403/404/405 raise ``VLMAccessError`` (the job fails); other 4xx raise
+  ``VLMRequestRejectedError`` (the item fails). Neither is retried.
+* A replica that refuses ``json_schema`` (:func:`workers.vlm_protocol.refuses_json_schema`)
+  is asked with ``json_object`` and the schema in the prompt from then on; the request is
+  re-sent at once, and the switch logged once per replica (``vlm_json_schema_refused``).
+* Timeouts follow the fleet: an attempt may take ``timeout_p99_multiple`` x the p99 latency of
+  its kind of request (schema name), between ``min_timeout_s`` and ``timeout_s``; the deadline
+  is re-read while the attempt waits, so early requests profit from what later ones taught.
+* Hedging: a request with ``on_chain`` that has no answer after the hedge delay (1.5 x the
+  p95 of its kind, at least ``hedge_min_delay_s``) is sent again to another replica with room;
+  the first answer wins and the other request is cancelled (the server aborts it when the
+  connection closes). A primary outrun by its hedge counts as a slow outcome of its replica.
 * ``finish_reason == "length"`` with no usable JSON: one retry with ``max_tokens`` doubled
   (capped at ``MAX_TOKENS_CAP``), then ``BadAnswerError``.
-* Unparsable answers (see :mod:`workers.json_answer`) or answers ``check`` rejects: one
+* Unparsable answers (see :mod:`workers.json_answer`) or answers ``parse`` rejects: one
   corrective retry that shows the model its answer and what was wrong, then ``BadAnswerError``.
 
-Counters: :meth:`counters` (``<module>:<name>``) and the Prometheus metrics of
-:mod:`common.metrics`. Images are counted per attempt sent. The API key is sent as a Bearer
-token and never logged.
+Counters: :meth:`counters` (``<module>:<name>``, including ``hedges`` and ``hedge_wins``) and
+the Prometheus metrics of :mod:`common.metrics`. Images are counted per attempt sent. The API
+key is sent as a Bearer token and never logged. Replica rotation changes go to the optional
+``observer`` (label, in rotation, reason).
 """
 
 from __future__ import annotations
@@ -31,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -39,30 +50,24 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
-import orjson
 
 from narrator.common.config import VLMSettings
 from narrator.common.errors import (
     BadAnswerError,
     ConfigError,
+    VLMAccessError,
     VLMRequestRejectedError,
     VLMUnavailableError,
 )
 from narrator.common.logging import get_logger
-from narrator.common.metrics import VLM_IMAGES, VLM_LATENCY, VLM_REQUESTS, VLM_TOKENS
+from narrator.workers.fleet_monitor import FleetMonitor, LimitTrace
+from narrator.workers.inflight import ControlSettings
 from narrator.workers.json_answer import extract_json_object
-from narrator.workers.replicas import Replica, ReplicaObserver, ReplicaPool
+from narrator.workers.replica_stats import LatencyBook
+from narrator.workers.replicas import ReplicaObserver, ReplicaPool
 from narrator.workers.vlm_api import AnswerParser, ChatAnswer, ChatRequest
-from narrator.workers.vlm_protocol import (
-    AttemptFailed,
-    Reply,
-    backoff_delay,
-    budget_from_metrics,
-    chat_body,
-    error_message,
-    reply_from,
-    with_correction,
-)
+from narrator.workers.vlm_protocol import Reply
+from narrator.workers.vlm_transport import Bodies, Transport
 
 # Counters of the job running in the current asyncio context (see count_into).
 _COUNTER_SCOPE: ContextVar[Counter[str] | None] = ContextVar("vlm_counter_scope", default=None)
@@ -83,7 +88,6 @@ log = get_logger("narrator.workers.vlm_client")
 
 T = TypeVar("T")
 
-DEFAULT_IN_FLIGHT_PER_REPLICA = 32
 MAX_TOKENS_CAP = 8192
 
 
@@ -104,43 +108,82 @@ class VLMClient:
         self._session = session
         self._owns_session = session is None
         self._rng = rng or random.Random()
-        self._observer = observer  # hears replica health changes (label, healthy, reason)
+        self._observer = observer
         self._counters: Counter[str] = Counter()
         self._pool: ReplicaPool | None = None
-        self._health_task: asyncio.Task[None] | None = None
+        self._transport: Transport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._model: str | None = settings.model
         self._headers: dict[str, str] = {}
         if settings.api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout_s, sock_connect=settings.connect_timeout_s
-        )
+        self.latency = LatencyBook()
+        self.trace = LimitTrace()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._pool is not None:
             return
-        urls = self.settings.urls
-        budgets = await self._budgets(urls)
+        s = self.settings
         if self._session is None:
-            total = sum(budgets) + 2 * len(urls)
-            connector = aiohttp.TCPConnector(limit=total, limit_per_host=max(budgets) + 2)
+            # The pool bounds concurrency per replica; the connector only reuses connections.
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
             self._session = aiohttp.ClientSession(connector=connector)
-        self._pool = ReplicaPool(urls, budget=budgets, observer=self._observer)
-        log.info("vlm client ready", replicas=len(urls), budgets=budgets)
-        self._health_task = asyncio.create_task(self._health_loop(), name="vlm-health")
+        control = None
+        if s.max_in_flight_per_replica is None:
+            control = ControlSettings(
+                initial=min(s.initial_in_flight_per_replica, s.in_flight_ceiling_per_replica),
+                ceiling=s.in_flight_ceiling_per_replica,
+                queue_target=s.queue_target,
+            )
+        self._pool = ReplicaPool(
+            s.urls,
+            limit=s.max_in_flight_per_replica,
+            control=control,
+            window_s=s.stats_window_s,
+            eject_rate=s.eject_failure_rate,
+            observer=self._observer,
+        )
+        monitor = FleetMonitor(
+            pool=self._pool,
+            session=self._session,
+            settings=s,
+            headers=self._headers,
+            latency=self.latency,
+            model=lambda: self._model,
+            trace=self.trace,
+        )
+        log.info(
+            "vlm_client_ready",
+            replicas=len(s.urls),
+            in_flight_limit=s.max_in_flight_per_replica or "adaptive",
+        )
+        self._transport = Transport(
+            settings=s,
+            pool=self._pool,
+            session=self._session,
+            headers=self._headers,
+            latency=self.latency,
+            rng=self._rng,
+            count=self._count,
+        )
+        self._tasks = [asyncio.create_task(monitor.health_loop(), name="vlm-health")]
+        if control is not None:
+            self._tasks.append(asyncio.create_task(monitor.metrics_loop(), name="vlm-metrics"))
 
     async def close(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
-            self._health_task = None
+                await task
+        self._tasks = []
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
         self._pool = None
+        self._transport = None
 
     async def __aenter__(self) -> VLMClient:
         await self.start()
@@ -161,72 +204,45 @@ class VLMClient:
         return self._pool
 
     @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise RuntimeError("VLMClient.start() was not called")
+        return self._transport
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("VLMClient.start() was not called")
         return self._session
 
-    async def _budgets(self, urls: tuple[str, ...]) -> list[int]:
-        if self.settings.max_in_flight_per_replica is not None:
-            return [self.settings.max_in_flight_per_replica] * len(urls)
-        timeout = aiohttp.ClientTimeout(total=self.settings.connect_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as probe:
-            return list(await asyncio.gather(*(self._probe_budget(probe, u) for u in urls)))
-
-    async def _probe_budget(self, session: aiohttp.ClientSession, url: str) -> int:
-        try:
-            async with session.get(f"{url}/metrics") as response:
-                text = await response.text() if response.status == 200 else ""
-        except (aiohttp.ClientError, TimeoutError):
-            text = ""
-        return budget_from_metrics(text, DEFAULT_IN_FLIGHT_PER_REPLICA)
-
-    async def _health_loop(self) -> None:
-        timeout = aiohttp.ClientTimeout(
-            total=min(self.settings.health_interval_s, self.settings.connect_timeout_s)
-        )
-        while True:
-            await asyncio.sleep(self.settings.health_interval_s)
-            await asyncio.gather(*(self._check(r, timeout) for r in self.pool.replicas))
-
-    async def _check(self, replica: Replica, limits: aiohttp.ClientTimeout) -> None:
-        try:
-            async with self.session.get(
-                f"{replica.url}/health", headers=self._headers, timeout=limits
-            ) as response:
-                ok, reason = response.status == 200, f"GET /health answered {response.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            ok, reason = False, f"GET /health failed: {type(exc).__name__}"
-        await self.pool.set_healthy(replica, ok, reason)
-
-    # --- model ---------------------------------------------------------------------------
+    # --- fleet ---------------------------------------------------------------------------
 
     async def resolve_model(self) -> str:
-        """``settings.model``, else the first model id the first answering replica lists."""
-        if self._model is not None:
-            return self._model
-        for url in self.settings.urls:
-            try:
-                async with self.session.get(
-                    f"{url}/v1/models", headers=self._headers, timeout=self._timeout
-                ) as response:
-                    if response.status != 200:
-                        continue
-                    models = orjson.loads(await response.read())
-                self._model = str(models["data"][0]["id"])
-                return self._model
-            except (
-                aiohttp.ClientError,
-                TimeoutError,
-                orjson.JSONDecodeError,
-                KeyError,
-                IndexError,
-            ):
-                continue
-        raise VLMUnavailableError(
-            f"no VLM replica answered GET /v1/models ({', '.join(self.settings.urls)}); "
-            "check that the servers are up or pass --model"
-        )
+        """``settings.model``, else the model the replicas list (checked as the start-up
+        check of :mod:`workers.preflight` does)."""
+        if self.settings.model is not None:
+            return self.settings.model
+        from narrator.workers.preflight import probe_fleet
+
+        self._model = (await probe_fleet(self.settings, self.session)).model
+        return self._model
+
+    def spare_capacity(self) -> int:
+        """How many more requests the replicas in rotation would take right now."""
+        return self.pool.spare_capacity()
+
+    async def wait_for_capacity(self) -> int:
+        """Wait until the fleet would take another request; the spare capacity then."""
+        return await self.pool.wait_for_capacity()
+
+    def limit_trace(self, replica: str | None = None) -> list[dict[str, Any]]:
+        """The in-flight limit readings (at_s, replica, limit, running, waiting, in_flight,
+        source), oldest first."""
+        return self.trace.samples(replica)
+
+    def timeout_for(self, kind: str) -> float:
+        """The request timeout now in force for requests of ``kind`` (a schema name)."""
+        return self.transport.timeout_for(kind)
 
     # --- chat ----------------------------------------------------------------------------
 
@@ -242,14 +258,15 @@ class VLMClient:
     async def ask(self, request: ChatRequest, parse: AnswerParser[T]) -> ChatAnswer[T]:
         """The parsed answer to ``request`` (see the module docstring for retries)."""
         module = request.module
+        self._model = self._model or request.model
         self._count(f"{module}:requests", 1)
         images = request.images
-        body = chat_body(request)
+        bodies = Bodies(request)
         attempts = 0
         length_retried = corrected = False
         try:
             while True:
-                reply, used = await self._exchange(body, module, images)
+                reply, used = await self.transport.send(bodies, request)
                 attempts += used
                 parsed, problem = self._usable(reply, parse)
                 if parsed is not None:
@@ -267,14 +284,14 @@ class VLMClient:
                     )
                 if reply.finish_reason == "length" and not length_retried:
                     length_retried = True
-                    doubled = min(body["max_tokens"] * 2, max(MAX_TOKENS_CAP, body["max_tokens"]))
-                    if doubled > body["max_tokens"]:
+                    doubled = min(bodies.max_tokens * 2, max(MAX_TOKENS_CAP, bodies.max_tokens))
+                    if doubled > bodies.max_tokens:
                         self._count(f"{module}:length_retries", 1)
                         log.info("vlm_answer_cut_retrying", module=module, max_tokens=doubled)
-                        body = {**body, "max_tokens": doubled}
+                        bodies.set_max_tokens(doubled)
                         continue
                 if reply.finish_reason == "length":
-                    problem = f"answer cut at max_tokens={body['max_tokens']} ({problem})"
+                    problem = f"answer cut at max_tokens={bodies.max_tokens} ({problem})"
                     raise BadAnswerError(f"{module}: {problem}; raise max_tokens")
                 if corrected:
                     raise BadAnswerError(
@@ -284,12 +301,15 @@ class VLMClient:
                 corrected = True
                 self._count(f"{module}:corrective_retries", 1)
                 log.info("vlm_answer_unusable_correcting", module=module, reason=problem)
-                body = with_correction(body, reply.content, problem)
+                bodies.correct(reply.content, problem)
         except BadAnswerError:
             self._count(f"{module}:failures:bad_answer", 1)
             raise
         except VLMRequestRejectedError:
             self._count(f"{module}:failures:rejected", 1)
+            raise
+        except VLMAccessError:
+            self._count(f"{module}:failures:access", 1)
             raise
         except VLMUnavailableError:
             self._count(f"{module}:failures:unavailable", 1)
@@ -306,91 +326,3 @@ class VLMClient:
         except ValueError as exc:
             return None, str(exc) or type(exc).__name__
         return (value, data), ""
-
-    async def _exchange(self, body: dict[str, Any], module: str, images: int) -> tuple[Reply, int]:
-        """POST ``body`` until one replica answers 200; (reply, attempts used)."""
-        payload = orjson.dumps(body)
-        tried: list[Replica] = []
-        last = "no attempt made"
-        for attempt in range(self.settings.max_attempts):
-            if attempt > 0:
-                self._count(f"{module}:retries", 1)
-                delay = backoff_delay(
-                    attempt - 1,
-                    self.settings.backoff_base_s,
-                    self.settings.backoff_max_s,
-                    self._rng,
-                )
-                await asyncio.sleep(delay)
-            replica = await self.pool.acquire(avoid=tried)
-            self._count(f"{module}:attempts", 1)
-            self._count(f"{module}:images", images)
-            VLM_IMAGES.labels(module).inc(images)
-            started = time.monotonic()
-            try:
-                reply = await self._post(replica, payload)
-            except AttemptFailed as exc:
-                VLM_REQUESTS.labels(replica.label, module, exc.outcome).inc()
-                if exc.replica_fault:
-                    await self.pool.record_failure(replica, exc.reason)
-                tried.append(replica)
-                last = f"{replica.label}: {exc.reason}"
-                log.info(
-                    "vlm attempt failed; will retry",
-                    replica=replica.label,
-                    outcome=exc.outcome,
-                    attempt=attempt + 1,
-                    max_attempts=self.settings.max_attempts,
-                    module=module,
-                )
-                continue
-            except VLMRequestRejectedError:
-                VLM_REQUESTS.labels(replica.label, module, "rejected").inc()
-                raise
-            finally:
-                VLM_LATENCY.labels(replica.label, module).observe(time.monotonic() - started)
-                await self.pool.release(replica)
-            VLM_REQUESTS.labels(replica.label, module, "ok").inc()
-            await self.pool.record_success(replica)
-            self._count(f"{module}:prompt_tokens", reply.prompt_tokens)
-            self._count(f"{module}:completion_tokens", reply.completion_tokens)
-            VLM_TOKENS.labels(module, "prompt").inc(reply.prompt_tokens)
-            VLM_TOKENS.labels(module, "completion").inc(reply.completion_tokens)
-            return reply, attempt + 1
-        raise VLMUnavailableError(
-            f"{module}: no usable answer from the VLM after {self.settings.max_attempts} "
-            f"attempts ({self.pool.healthy_count}/{len(self.pool.replicas)} replicas healthy); "
-            f"last error: {last}. Check the vLLM servers' logs and health."
-        )
-
-    async def _post(self, replica: Replica, payload: bytes) -> Reply:
-        headers = {**self._headers, "Content-Type": "application/json"}
-        try:
-            async with self.session.post(
-                f"{replica.url}/v1/chat/completions",
-                data=payload,
-                headers=headers,
-                timeout=self._timeout,
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except TimeoutError as exc:
-            raise AttemptFailed(
-                "timeout", f"no answer within {self.settings.timeout_s}s", replica_fault=True
-            ) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            raise AttemptFailed(
-                "connection", f"{type(exc).__name__}: {exc}", replica_fault=True
-            ) from exc
-        if status == 200:
-            return reply_from(raw, replica.label)
-        message = error_message(raw)
-        if status in (408, 429) or status >= 500:
-            raise AttemptFailed(
-                f"http_{status}", f"HTTP {status}: {message}", replica_fault=status >= 500
-            )
-        raise VLMRequestRejectedError(
-            f"{replica.label} refused the chat request with HTTP {status}: {message}. "
-            "The request itself is wrong (model name, parameters, prompt length, API key); "
-            "retrying will not help."
-        )

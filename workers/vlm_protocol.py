@@ -1,26 +1,33 @@
 """Wire format of OpenAI-compatible chat completions as narrator's VLM client speaks it (pure).
 
-Request bodies, reading replies and error bodies, the corrective follow-up messages, the
-backoff formula and the ``max_num_seqs`` probe parser. No I/O: :mod:`workers.vlm_client` is
+Request bodies, reading replies and error bodies, what an error status means, the
+corrective follow-up messages and the backoff formula. No I/O: :mod:`workers.vlm_client` is
 the shell that sends and retries.
 
-Invariant: every request asks for structured output with
-``response_format = {"type": "json_schema", "json_schema": {name, schema, strict: true}}``
-and only sends fields vLLM's chat-completion API accepts.
+Invariants:
+
+* every request asks for structured output with ``response_format = {"type":
+  "json_schema", "json_schema": {name, schema, strict: true}}`` and only sends fields vLLM's
+  chat-completion API accepts; for a server that refuses ``json_schema`` (llama.cpp answers
+  500 "Input should be 'text' or 'json_object'", others 400) the same request is built with
+  ``{"type": "json_object"}`` and the schema written into the prompt (:func:`chat_body`);
+* an error status falls in exactly one class (:func:`status_class`): ``retry`` (408, 429,
+  5xx), ``access`` (401, 403, 404, 405: nothing of the run can work; the job fails) or
+  ``rejected`` (every other 4xx, e.g. 400, 413, 422: this one request is refused; the item
+  fails).
 """
 
 from __future__ import annotations
 
 import random
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from narrator.workers.vlm_api import ChatRequest
 
-_MAX_NUM_SEQS = re.compile(r'max_num_seqs(?:="(\d+)"|\s+(\d+)(?:\.0+)?\s*$)', re.MULTILINE)
 CORRECTION = (
     "Your previous reply could not be used: {reason}. Reply again with only the JSON object "
     "that matches the requested schema: no explanation, no code fences, no other text."
@@ -51,25 +58,38 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
     return rng.uniform(0.0, min(max_s, base_s * (2.0**attempt)))
 
 
-def budget_from_metrics(metrics_text: str, default: int) -> int:
-    """In-flight budget of a replica: its ``max_num_seqs`` plus 25% headroom, else ``default``.
+ACCESS_STATUSES = frozenset({401, 403, 404, 405})
+StatusClass = Literal["retry", "access", "rejected"]
+# Words of a server's refusal of response_format json_schema (and not of one schema).
+_FORMAT_WORDS = ("json_object", "response_format", "response format")
+SCHEMA_IN_PROMPT = (
+    "Answer with one JSON object, and nothing else, that is an instance of this JSON schema:\n"
+)
 
-    The headroom keeps a request queued at the server for the moment a slot frees.
-    """
-    seqs = parse_max_num_seqs(metrics_text)
-    return default if seqs is None else seqs + max(1, seqs // 4)
+
+def status_class(status: int) -> StatusClass:
+    """What an HTTP error status of a chat request means (see the module docstring)."""
+    if status in (408, 429) or status >= 500:
+        return "retry"
+    if status in ACCESS_STATUSES:
+        return "access"
+    return "rejected"
 
 
-def parse_max_num_seqs(metrics_text: str) -> int | None:
-    """A ``max_num_seqs`` value published in Prometheus text (label or metric), if any."""
-    match = _MAX_NUM_SEQS.search(metrics_text)
-    if match is None:
-        return None
-    value = int(match.group(1) or match.group(2))
-    return value if value > 0 else None
+def refuses_json_schema(status: int, message: str) -> bool:
+    """Whether an error answer says the server does not take ``response_format`` of type
+    ``json_schema`` (rather than refusing one schema or the request for another reason)."""
+    if status in ACCESS_STATUSES or status in (408, 429) or status < 400:
+        return False
+    text = message.lower()
+    return any(word in text for word in _FORMAT_WORDS) or (
+        "json_schema" in text and ("support" in text or "unknown" in text or "invalid" in text)
+    )
 
 
 def error_message(raw: bytes) -> str:
+    """The human part of an error body: OpenAI's ``{"error": {"message"}}``, vLLM's
+    ``{"error": "Unauthorized"}``, FastAPI's ``{"detail": ...}``, or the start of the text."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -78,6 +98,10 @@ def error_message(raw: bytes) -> str:
         error = body.get("error", body)
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return str(error["message"])[:500]
+        if isinstance(error, str):
+            return error[:500]
+        if isinstance(body.get("detail"), str):
+            return str(body["detail"])[:500]
     return raw[:200].decode("utf-8", "replace")
 
 
@@ -100,21 +124,47 @@ def reply_from(raw: bytes, replica: str) -> Reply:
         ) from exc
 
 
-def chat_body(request: ChatRequest) -> dict[str, Any]:
-    """The JSON body of one chat-completion request."""
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": [dict(m) for m in request.messages],
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-        "response_format": {
+def _with_schema_in_prompt(
+    messages: list[dict[str, Any]], schema: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """``messages`` with the schema appended to the last user turn (text or content parts)."""
+    note = SCHEMA_IN_PROMPT + orjson.dumps(schema).decode()
+    out = [dict(m) for m in messages]
+    for message in reversed(out):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            message["content"] = [*content, {"type": "text", "text": note}]
+        else:
+            message["content"] = f"{content or ''}\n\n{note}".lstrip()
+        return out
+    return [*out, {"role": "user", "content": note}]
+
+
+def chat_body(
+    request: ChatRequest, response_format: Literal["json_schema", "json_object"] = "json_schema"
+) -> dict[str, Any]:
+    """The JSON body of one chat-completion request (see the module docstring)."""
+    messages = [dict(m) for m in request.messages]
+    if response_format == "json_schema":
+        format_field: dict[str, Any] = {
             "type": "json_schema",
             "json_schema": {
                 "name": request.schema_name,
                 "schema": dict(request.schema),
                 "strict": True,
             },
-        },
+        }
+    else:
+        format_field = {"type": "json_object"}
+        messages = _with_schema_in_prompt(messages, request.schema)
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "response_format": format_field,
     }
     if request.seed is not None:
         body["seed"] = request.seed

@@ -60,7 +60,7 @@ def forget_finished_jobs(
                         forgotten += 1
                 pipe.execute()
     except redis.RedisError as exc:
-        log.warning("could not forget the run's finished jobs", run=run.run_id, error=str(exc))
+        log.warning("finished_jobs_forget_failed", run=run.run_id, error=str(exc))
     else:
-        log.info("finished jobs forgotten", run=run.run_id, jobs=forgotten)
+        log.info("finished_jobs_forgotten", run=run.run_id, jobs=forgotten)
     return forgotten

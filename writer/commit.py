@@ -88,7 +88,7 @@ def apply_journal(root: Path, stage: Path) -> None:
     journal.unlink()
     fsync_path(stage)
     shutil.rmtree(stage, ignore_errors=True)
-    log.info("run committed", root=str(root), files=len(payload["files"]))
+    log.info("run_committed", root=str(root), files=len(payload["files"]))
 
 
 def commit(root: Path, stage: Path, files: list[str]) -> None:
@@ -103,7 +103,7 @@ def resume_commits(root: Path, staging_dir: Path, run_id: str) -> bool:
     if run_dir.is_dir():
         for stage in sorted(run_dir.iterdir()):
             if (stage / JOURNAL).exists():
-                log.info("resuming interrupted commit", stage=str(stage))
+                log.info("commit_resuming_interrupted", stage=str(stage))
                 apply_journal(root, stage)
                 done = True
     return done

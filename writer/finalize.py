@@ -78,7 +78,7 @@ def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any
     conn = _connection()
     run = load_run(conn, run_id)
     if run.generation != generation:
-        log.info("finalize superseded by a newer generation", run=run_id, file=data_file)
+        log.info("finalize_superseded", run=run_id, file=data_file)
         return {"stale": True}
     files = load_run_files(conn, run_id)
     if data_file not in files:
@@ -116,7 +116,7 @@ def finalize_file(run_id: str, data_file: str, generation: str) -> dict[str, Any
     SHARDS_WRITTEN.inc()
     SHARD_WRITE_SECONDS.observe(time.monotonic() - started)
     conn.hset(keys.staged_files(run_id), data_file, generation)
-    log.info("shard staged", run=run_id, file=data_file, rows=n_rows, warnings=len(findings))
+    log.info("shard_staged", run=run_id, file=data_file, rows=n_rows, warnings=len(findings))
     maybe_commit(conn, run)
     return {"file": data_file, "rows": n_rows, "warnings": len(findings)}
 

@@ -29,7 +29,7 @@ def recover(conn: redis.Redis) -> int:
         try:
             run = load_run(conn, run_id)
         except Exception as exc:  # a broken record must not stop the writer
-            log.warning("cannot inspect run", run=run_id, error=str(exc))
+            log.warning("run_inspect_failed", run=run_id, error=str(exc))
             continue
         if text(conn.get(keys.committed(run_id))) != run.generation and resume_interrupted(
             conn, run
@@ -45,7 +45,7 @@ def run_writer(config: NarratorConfig, *, burst: bool = False) -> None:
     start_metrics_server(config.metrics_port)
     conn = redis.Redis.from_url(url)
     recovered = recover(conn)
-    log.info("writer starting", recovered_commits=recovered)
+    log.info("writer_starting", recovered_commits=recovered)
     worker = HeartbeatWorker(
         [keys.WRITER_QUEUE],
         connection=conn,

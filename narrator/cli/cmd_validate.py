@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import orjson
-
-from narrator.inspection.dataset_check import CheckReport, check_annotated_dataset
+if TYPE_CHECKING:  # the checker imports pyarrow: only when the command runs
+    from narrator.inspection.dataset_check import CheckReport
 
 DEFAULT_SHOWN = 20
 
@@ -23,11 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "validate", help="check an annotated dataset's language columns against the contract"
     )
     p.add_argument("root", type=Path, help="dataset root (holding meta/ and data/)")
-    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the full report as JSON (default: a readable summary)",
+    )
     p.add_argument(
         "--all-episodes",
         action="store_true",
-        help="list every episode, not only those with findings",
+        help="list every episode, not only those with findings (default: only those)",
     )
     p.add_argument(
         "--show",
@@ -84,6 +88,10 @@ def format_report(report: CheckReport, *, all_episodes: bool = False, show: int 
 
 
 def run(args: argparse.Namespace) -> int:
+    import orjson
+
+    from narrator.inspection.dataset_check import check_annotated_dataset
+
     report = check_annotated_dataset(args.root)
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -63,7 +63,8 @@ def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
         "--config",
         type=Path,
         metavar="FILE",
-        help="YAML config file in the config's nested shape (flags and env override it)",
+        help="YAML config file in the config's nested shape; flags and env override it "
+        "(default: none)",
     )
     groups: dict[str, list[Setting]] = defaultdict(list)
     for setting in config_settings():

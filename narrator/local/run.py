@@ -1,53 +1,51 @@
 """``narrator annotate``: the whole pipeline on one machine.
 
-Starts (unless given a Redis URL) an embedded redis-server whose append-only file lives in
-the state directory beside the dataset, enqueues the run, starts N worker processes and one
-writer as child processes (the same ``narrator worker`` / ``narrator writer`` commands a
-cluster runs), shows a progress bar, and returns once every shard is written.
+Takes the dataset's run lock (one annotate per dataset), starts (unless given a Redis URL)
+an embedded redis-server whose append-only file lives in the state directory, enqueues the
+run, starts N worker processes and one writer as child processes (the same ``narrator
+worker`` / ``narrator writer`` commands a cluster runs), reports progress, and returns once
+every shard is written.
 
 Invariants:
 * Secrets reach the children through their environment, never their argv.
-* Ctrl-C stops the children and the embedded Redis cleanly; running the same command again
-  resumes (finished results are not recomputed).
+* The children and the embedded Redis die with this process however it dies (kernel
+  parent-death signal plus a parent watch, narrator.common.lifecycle); on Ctrl-C, SIGTERM or
+  SIGHUP they are stopped in order: workers and writer first, Redis last. Running the same
+  command again resumes (finished results are not recomputed).
 * Exit code 0 only when the run is committed; 1 when it stalls on failures (the failures are
-  listed; ``narrator retry-failed`` or a re-run retries them).
+  listed, with a command that retries them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import subprocess
-import sys
-import time
-from contextlib import ExitStack, suppress
+import shlex
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from pydantic import SecretStr
 from rq.worker import Worker
-from tqdm import tqdm
 
 from narrator.common.config import NarratorConfig
 from narrator.common.config import child_env as config_child_env
+from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
-from narrator.common.errors import ConfigError, VLMUnavailableError
 from narrator.common.job_specs import CommitPolicy, JobOptions
-from narrator.common.logging import get_logger
+from narrator.common.logging import get_logger, redact_text
 from narrator.common.prompts import load_prompts
 from narrator.common.runs import default_state_dir
+from narrator.local.children import spawn_role, stop_children
+from narrator.local.progress import Reporter, watch_run
 from narrator.local.redis_server import LocalRedis
-from narrator.ops.status import RunStatus, format_status, read_status
+from narrator.local.run_lock import RunLock
+from narrator.ops.status import RunStatus, read_status
 from narrator.producer.enqueue import enqueue_run
-from narrator.workers.vlm_client import VLMClient
 
 log = get_logger(__name__)
 
-STALL_GRACE_S = 3.0
-STATUS_DUTY = 10  # the progress poll waits at least 10x what reading the status took
-REDIS_LOST_GRACE_S = 60.0  # how long the progress loop waits for an unreachable Redis
+COMMITTED_STOP_GRACE_S = 1.0
 
 
 @dataclass
@@ -57,27 +55,15 @@ class AnnotateResult:
     status: RunStatus | None
 
 
-async def _resolve_model(config: NarratorConfig) -> str:
-    client = VLMClient(config.vlm)
-    await client.start()
-    try:
-        return await client.resolve_model()
-    finally:
-        await client.close()
-
-
 def resolve_model(config: NarratorConfig) -> str:
-    """The configured model, else the first one the VLM server lists."""
-    if config.vlm.model:
-        return config.vlm.model
-    try:
-        return asyncio.run(_resolve_model(config))
-    except VLMUnavailableError as exc:
-        urls = ", ".join(config.vlm.urls)
-        raise ConfigError(
-            f"cannot reach the VLM server at {urls}: {exc}. Start vLLM there "
-            "(or pass --serve to have narrator start it), then run again."
-        ) from exc
+    """Check every VLM replica (reachable, key accepted, model served; see
+    :mod:`narrator.workers.preflight`) and return the model: the configured one, else the one
+    the servers list. Raises a one-line :class:`~narrator.common.errors.NarratorError`."""
+    if not config.vlm.urls and config.vlm.model:
+        return config.vlm.model  # nothing to check against (enqueue --model without URLs)
+    from narrator.workers.preflight import check_fleet
+
+    return check_fleet(config.vlm).model
 
 
 def forget_dead_workers(conn: redis.Redis) -> int:
@@ -96,28 +82,27 @@ def child_env(config: NarratorConfig, redis_url: str) -> dict[str, str]:
     return config_child_env(full, os.environ)
 
 
-def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        return subprocess.Popen(  # fixed argv, no shell
-            [sys.executable, "-m", "narrator", *args],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+def failure_hint(
+    root: Path, run_id: str, redis_url: str | None, state_dir: Path | None = None
+) -> str:
+    """What to do after a run stopped on failures, as commands that work as printed."""
+    if redis_url is None:
+        where = f" --state-dir {shlex.quote(str(state_dir))}" if state_dir else ""
+        return (
+            "fix the cause and run the same command again (it asks only what failed); "
+            f"`narrator status {shlex.quote(str(root))}{where}` shows the run"
         )
+    shown = redact_text(redis_url)
+    return (
+        "fix the cause and run the same command again (it asks only what failed), or, where "
+        f"other workers serve this Redis, `narrator retry-failed {run_id} --redis-url {shown}`"
+        + (" (with the password)" if shown != redis_url else "")
+    )
 
 
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _cameras(meta: DatasetMeta) -> str:
+    keys = [camera.key for camera in meta.cameras]
+    return ", ".join(keys) if keys else "none (text-only prompts)"
 
 
 def annotate(
@@ -126,26 +111,35 @@ def annotate(
     *,
     progress: bool = True,
     poll_s: float = 0.5,
+    reporter: Reporter | None = None,
 ) -> AnnotateResult:
     root = Path(root).resolve()
     meta = load_dataset_meta(root)  # fail early, with the file and the problem
     check_language_columns(meta)  # language columns of an older schema: refuse, say which
     state_dir = Path(config.state_dir or default_state_dir(root))
-    prompts = load_prompts(config.prompt_dir)
+    prompts = load_prompts(config.prompt_dir)  # every placeholder checked now, not at job time
+    say = reporter or Reporter(show_progress=progress, interval_s=config.progress_interval_s)
+    say.say(
+        f"dataset {root}: {len(meta.episodes)} episode(s) in {len(meta.files)} data "
+        f"file(s); cameras: {_cameras(meta)}"
+    )
+    say.say("checking the VLM server(s): " + ", ".join(config.vlm.urls))
+    model = resolve_model(config)  # before anything is started or written
     with ExitStack() as stack:
+        stack.enter_context(RunLock(state_dir))
         redis_url = config.redis_url_value()
         embedded = redis_url is None
         if embedded:
-            server = LocalRedis(state_dir / "redis")
-            stack.callback(server.stop)
+            server = LocalRedis(state_dir / "redis", die_with_parent=True)
+            stack.callback(server.stop)  # registered first: stopped last
             redis_url = server.start().url
-            log.info("embedded redis started", data_dir=str(server.data_dir))
+            log.info("embedded_redis_started", data_dir=str(server.data_dir), port=server.port)
+            say.say(f"embedded Redis on 127.0.0.1:{server.port} (data kept in {server.data_dir})")
         assert redis_url is not None
         conn = redis.Redis.from_url(redis_url)
         stack.callback(conn.close)
         if embedded:
             forget_dead_workers(conn)
-        model = resolve_model(config)
         summary = enqueue_run(
             conn,
             root,
@@ -158,79 +152,48 @@ def annotate(
             meta=meta,
         )
         if summary.complete:
-            log.info("run already complete", run=summary.run_id)
+            log.info("run_already_complete", run=summary.run_id)
+            say.say(f"run {summary.run_id} is already complete: nothing to do")
             return AnnotateResult(summary.run_id, 0, read_status(conn, summary.run_id))
+        say.say(
+            f"run {summary.run_id} with model {model}: {summary.total_jobs} job(s), "
+            f"{summary.already_done} already done; {summary.enqueued} enqueued now (each plan "
+            "job enqueues its episode's interjections)"
+            if "interjections" in config.annotation.modules
+            else f"run {summary.run_id} with model {model}: {summary.total_jobs} job(s), "
+            f"{summary.already_done} already done; {summary.enqueued} enqueued now"
+        )
         env = child_env(config, redis_url)
         logs = state_dir / "logs"
-        writer = _spawn(["writer"], env, logs / "writer.log")
-        stack.callback(_stop, writer)
-        workers = _spawn(
-            ["worker", "--workers", str(config.workers), "--jobs-per-worker",
-             str(config.jobs_per_worker)],
-            env,
-            logs / "worker.log",
-        )  # fmt: skip
-        stack.callback(_stop, workers)
-        return _watch(conn, summary.run_id, [writer, workers], progress=progress, poll_s=poll_s)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _watch(
-    conn: redis.Redis,
-    run_id: str,
-    children: list[subprocess.Popen[bytes]],
-    *,
-    progress: bool,
-    poll_s: float,
-) -> AnnotateResult:
-    status = read_status(conn, run_id)
-    total = status.jobs_total + status.files_total
-    bar = tqdm(total=total, disable=not progress, unit="step", desc=f"run {run_id}")
-    stalled_since: float | None = None
-    redis_lost_since: float | None = None
-    try:
-        while True:
-            read_started = time.monotonic()
-            try:
-                status = read_status(conn, run_id)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # Redis restarting (it keeps its data on disk): wait for it a while.
-                redis_lost_since = redis_lost_since or time.monotonic()
-                if time.monotonic() - redis_lost_since > REDIS_LOST_GRACE_S:
-                    raise
-                log.warning("redis unreachable; waiting for it", error=str(exc))
-                time.sleep(poll_s)
-                continue
-            redis_lost_since = None
-            read_s = time.monotonic() - read_started
-            bar.n = status.jobs_done + status.files_staged
-            bar.set_postfix_str(
-                f"files {status.files_staged}/{status.files_total} "
-                f"failed {len(status.failed_jobs)}",
-                refresh=False,
+        children = [spawn_role("writer", ["writer"], env, logs / "writer.log")]
+        stack.callback(stop_children, children)
+        children.append(
+            spawn_role(
+                "worker",
+                ["worker", "--workers", str(config.workers), "--jobs-per-worker",
+                 str(config.jobs_per_worker)],
+                env,
+                logs / "worker.log",
             )
-            bar.refresh()
-            if status.committed:
-                return AnnotateResult(run_id, 0, status)
-            if status.state == "failed":
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > STALL_GRACE_S:
-                    sys.stderr.write("\n" + format_status(status) + "\n")
-                    sys.stderr.write(
-                        "narrator: the run stopped on failures; fix the cause and run the same "
-                        f"command again, or `narrator retry-failed {run_id}`.\n"
-                    )
-                    return AnnotateResult(run_id, 1, status)
-            else:
-                stalled_since = None
-            for child in children:
-                if child.poll() is not None:
-                    raise ConfigError(
-                        f"a narrator child process exited with code {child.returncode}; "
-                        "see the logs in the state directory"
-                    )
-            # A big run's status costs Redis real work (58 ms at 10k episodes): poll so that
-            # reading it takes at most 1/STATUS_DUTY of the time.
-            time.sleep(max(poll_s, STATUS_DUTY * read_s))
-    finally:
-        bar.close()
+        )  # fmt: skip
+        say.say(
+            f"started {config.workers} worker process(es) x {config.jobs_per_worker} jobs and "
+            f"the writer; their logs are in {logs}"
+        )
+        code, status = watch_run(
+            conn,
+            summary.run_id,
+            children,
+            say,
+            poll_s=poll_s,
+            failure_hint=failure_hint(
+                root, summary.run_id, None if embedded else redis_url, config.state_dir
+            ),
+        )
+        if code == 0:
+            # Committed: every job of the run is done, so idle workers need no long goodbye
+            # (a pool of threaded workers takes seconds to wind down): exit promptly. The
+            # writer keeps the full grace to finish its post-commit cleanup.
+            stop_children(children, grace_by_name={"worker": COMMITTED_STOP_GRACE_S})
+        return AnnotateResult(summary.run_id, code, status)
+    raise AssertionError("unreachable")  # pragma: no cover

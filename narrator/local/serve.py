@@ -13,7 +13,9 @@ Invariants:
   several devices (``"0,1"``) for tensor-parallel replicas.
 * Each child leads its own process group; :meth:`ReplicaGroup.stop` sends SIGTERM to every
   group, waits ``stop_grace_s``, then SIGKILLs what is left. It is idempotent and also runs
-  when start-up fails, so no replica outlives a failed start.
+  when start-up fails, so no replica outlives a failed start. On Linux each replica also
+  gets SIGTERM from the kernel when narrator dies without stopping it (a parent-death
+  signal, narrator.common.lifecycle), so a killed narrator does not leave GPUs occupied.
 * A child's output is read by a thread and re-logged line by line with ``replica=i``; the
   last lines are kept so a start-up failure can show why the child died.
 """
@@ -37,6 +39,7 @@ from types import TracebackType
 from typing import IO
 
 from narrator.common.errors import ConfigError
+from narrator.common.lifecycle import parent_death_preexec
 from narrator.common.logging import get_logger
 
 log = get_logger("narrator.local.serve")
@@ -124,7 +127,7 @@ def _relay_output(child: ChildReplica, stream: IO[bytes]) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         child.tail.append(line)
-        log.info("replica output", replica=child.index, line=line)
+        log.info("replica_output", replica=child.index, line=line)
     stream.close()
 
 
@@ -170,7 +173,7 @@ class ReplicaGroup:
                         f"{code} before it was ready; its last output:\n{child.last_lines()}"
                     )
                 if _answers(child.url, timeout_s=min(5.0, poll_s + 1)):
-                    log.info("replica ready", replica=child.index, url=child.url)
+                    log.info("replica_ready", replica=child.index, url=child.url)
                     pending.remove(child)
             if pending and time.monotonic() >= deadline:
                 first = pending[0]
@@ -194,13 +197,13 @@ class ReplicaGroup:
             try:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("replica ignored SIGTERM; killing it", replica=child.index)
+                log.warning("replica_ignored_sigterm_killing", replica=child.index)
         for child in self.children:
             _signal_group(child.process, signal.SIGKILL)
             child.process.wait()
             if child.reader is not None:
                 child.reader.join(5)
-        log.info("replicas stopped", replicas=len(self.children))
+        log.info("replicas_stopped", replicas=len(self.children))
 
     def __enter__(self) -> ReplicaGroup:
         return self
@@ -257,6 +260,7 @@ def start_replicas(
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=parent_death_preexec(signal.SIGTERM),
                 )
             except OSError as exc:
                 raise ReplicaStartError(
@@ -273,7 +277,7 @@ def start_replicas(
                 )
                 child.reader.start()
             group.children.append(child)
-            log.info("replica starting", replica=index, port=child.port, gpus=devices[index])
+            log.info("replica_starting", replica=index, port=child.port, gpus=devices[index])
         group.wait_ready(ready_timeout_s, poll_s)
     except BaseException:
         group.stop()

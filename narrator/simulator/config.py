@@ -32,6 +32,10 @@ class FaultConfig:
     truncate_rate: float = 0.0  # JSON cut in half, finish_reason "length"
     dead: bool = False  # every connection to chat/health/models is dropped without an answer
     ignore_schema: bool = False  # JSON of the schema's shape plus a property it forbids
+    # Refuse response_format json_schema like llama.cpp's server (HTTP 500 "Input should be
+    # 'text' or 'json_object'") or, with status 400, like other OpenAI-compatible servers.
+    refuse_json_schema: bool = False
+    refuse_json_schema_status: int = 500
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def _checked(name: str, value: Any, template: Any) -> Any:
             raise ValueError(f"{name} must be an integer, got {value!r}")
         if name == "slots" and value < 1:
             raise ValueError("slots must be at least 1")
-        if name == "error_status" and not 400 <= value <= 599:
+        if name in ("error_status", "refuse_json_schema_status") and not 400 <= value <= 599:
             raise ValueError("error_status must be an HTTP error status (400..599)")
         if value < 0:
             raise ValueError(f"{name} must not be negative")

@@ -46,14 +46,35 @@ T = TypeVar("T")
 STOP_GRACE_S = 0.2
 
 
+class _Refused(asyncio.Protocol):
+    """A connection accepted while its replica stops: cut at once, like a dead process."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        else:
+            transport.close()
+
+
 class SimReplica:
-    """One :class:`SimServer` bound to one host:port; can be stopped and started again."""
+    """One :class:`SimServer` bound to one host:port; can be stopped and started again.
+
+    It listens with its own ``loop.create_server`` (not ``web.TCPSite``) so that it knows
+    every connection it accepted: aiohttp's shutdown closes only the connections registered
+    when it starts its pass, so one accepted in the same loop iteration as the stop stayed
+    open, still served requests of a "stopped" replica, and was finally garbage-collected
+    unclosed (the ``ResourceWarning`` of issue 14.4). :meth:`stop` closes them all.
+    """
 
     def __init__(self, server: SimServer, host: str, port: int) -> None:
         self.server = server
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._handlers: set[web.RequestHandler] = set()  # every accepted connection
+        self._prune_at = 64
+        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -62,6 +83,16 @@ class SimReplica:
     @property
     def running(self) -> bool:
         return self._runner is not None
+
+    def _connection(self, runner: web.AppRunner) -> asyncio.BaseProtocol:
+        if self._stopping or runner.server is None:
+            return _Refused()
+        handler = runner.server()
+        if len(self._handlers) >= self._prune_at:  # forget connections already closed
+            self._handlers = {h for h in self._handlers if h.transport is not None}
+            self._prune_at = max(64, 2 * len(self._handlers))
+        self._handlers.add(handler)
+        return handler
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -73,19 +104,29 @@ class SimReplica:
             access_log=None,
         )
         await runner.setup()
+        self._stopping = False
         try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
+            listener = await asyncio.get_running_loop().create_server(
+                lambda: self._connection(runner), self.host, self.port, reuse_address=True
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self.port = int(runner.addresses[0][1])
-        self._runner = runner
+        self.port = int(listener.sockets[0].getsockname()[1])
+        self._listener, self._runner = listener, runner
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        listener, self._listener = self._listener, None
+        if runner is None:
+            return
+        self._stopping = True  # from here on, an accepted connection is cut at once
+        if listener is not None:
+            listener.close()
+        await runner.cleanup()  # lets in-flight requests finish for STOP_GRACE_S, then cuts
+        for handler in list(self._handlers):
+            handler.force_close()  # the ones aiohttp's shutdown pass did not know about
+        self._handlers = set()
 
 
 class AsyncFleet:
@@ -104,11 +145,11 @@ class AsyncFleet:
 
     async def stop_replica(self, index: int) -> None:
         await self.replicas[index].stop()
-        log.info("simvlm replica stopped", replica=index, url=self.replicas[index].url)
+        log.info("simvlm_replica_stopped", replica=index, url=self.replicas[index].url)
 
     async def start_replica(self, index: int) -> None:
         await self.replicas[index].start()
-        log.info("simvlm replica started", replica=index, url=self.replicas[index].url)
+        log.info("simvlm_replica_started", replica=index, url=self.replicas[index].url)
 
     def set_faults(self, index: int, **updates: Any) -> SimConfig:
         """Change fault/capacity settings of replica ``index`` (call on the fleet's loop)."""
@@ -374,14 +415,14 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     for index, url in enumerate(fleet.urls):
-        log.info("simvlm replica serving", replica=index, url=url, model=config.model)
+        log.info("simvlm_replica_serving", replica=index, url=url, model=config.model)
         sys.stdout.write(url + "\n")
     sys.stdout.flush()
     try:
         await stop.wait()
     finally:
         await fleet.close()
-        log.info("simvlm fleet stopped")
+        log.info("simvlm_fleet_stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ import binascii
 import dataclasses
 import hashlib
 import io
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -156,6 +157,7 @@ class ChatRequest:
     digest: bytes  # sha256 of the canonical messages
     ignored_fields: tuple[str, ...] = ()  # unknown top-level fields, accepted and ignored
     first_image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    format_type: str = "none"  # response_format.type as sent ("none" without one)
 
     def text(self) -> str:
         """The text parts of the messages, joined (what the prompt says)."""
@@ -301,6 +303,39 @@ def _optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
+def schema_in_prompt(messages: Any) -> dict[str, Any] | None:
+    """The last JSON schema (an object with ``properties``) written in a user turn's text."""
+    if not isinstance(messages, list):
+        return None
+    texts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+    decoder = json.JSONDecoder()
+    for text in reversed(texts):
+        found: dict[str, Any] | None = None
+        position = text.find("{")
+        while position != -1:
+            try:
+                value, end = decoder.raw_decode(text, position)
+            except ValueError:
+                position = text.find("{", position + 1)
+                continue
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                found = value
+            position = text.find("{", end)
+        if found is not None:
+            return found
+    return None
+
+
 def _schema_of(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     response_format = body.get("response_format")
     if response_format is not None:
@@ -325,6 +360,10 @@ def _schema_of(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
                 )
             return spec["schema"], spec["name"]
         if kind == "json_object":
+            # A model asked for "some JSON object" follows a schema the prompt spells out.
+            written = schema_in_prompt(body.get("messages"))
+            if written is not None:
+                return written, "json_object"
             return {"type": "object", "properties": {"answer": {"type": "string"}}}, "json_object"
     guided = body.get("guided_json")
     structured = body.get("structured_outputs")
@@ -407,6 +446,7 @@ def parse_chat_request(
         digest=hashlib.sha256(orjson.dumps(body["messages"], option=orjson.OPT_SORT_KEYS)).digest(),
         ignored_fields=ignored,
         first_image=decoded[0].pixels if keep else None,
+        format_type=str((body.get("response_format") or {}).get("type") or "none"),
     )
     prompt_tokens = request.prompt_tokens(image_tokens)
     if prompt_tokens > max_model_len:

@@ -189,7 +189,7 @@ class SimServer:
         """Apply fault/capacity updates (ValueError on an unknown key or bad value)."""
         self.config = apply_updates(self.config, updates)
         self.slots.set_capacity(self.config.slots)
-        log.info("simvlm settings changed", updates=updates)
+        log.info("simvlm_settings_changed", updates=updates)
         return self.config
 
     def clear_faults(self) -> None:
@@ -333,12 +333,16 @@ class SimServer:
         try:
             chat = await self._parse(request)
         except InvalidRequest as exc:
-            log.debug("simvlm rejected request", status=exc.status, reason=exc.message)
+            log.debug("simvlm_request_rejected", status=exc.status, reason=exc.message)
             return web.json_response(exc.body(), status=exc.status)
         if chat.ignored_fields:
             self.stats.ignored_fields.update(chat.ignored_fields)
-            log.warning("simvlm ignored request fields", fields=list(chat.ignored_fields))
+            log.warning("simvlm_request_fields_ignored", fields=list(chat.ignored_fields))
         config = self.config
+        if config.faults.refuse_json_schema and chat.format_type == "json_schema":
+            return error_response(
+                config.faults.refuse_json_schema_status, "Input should be 'text' or 'json_object'"
+            )
         self.stats.by_schema[chat.schema_name] += 1
         self.stats.images += len(chat.image_sizes)
         if config.faults.latency_s > 0:

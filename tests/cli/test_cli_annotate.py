@@ -45,7 +45,7 @@ def test_serve_starts_replicas_annotates_and_stops_them(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "shards written" in proc.stdout
-    assert '"replica ready"' in proc.stderr and f"127.0.0.1:{port + 1}" in proc.stderr
+    assert '"replica_ready"' in proc.stderr and f"127.0.0.1:{port + 1}" in proc.stderr
     assert not _port_open(port) and not _port_open(port + 1)  # replicas stopped at exit
     assert check_annotated_dataset(root).ok
 

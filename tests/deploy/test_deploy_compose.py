@@ -119,7 +119,8 @@ def test_each_vllm_replica_reserves_its_own_gpu_and_is_health_checked(
 def test_workers_know_every_vllm_replica_and_its_model(services: dict[str, Any]) -> None:
     env = service_environment(services["worker"])
     urls = env["NARRATOR_VLM_URLS"].split(",")
-    assert sorted(urls) == sorted(f"http://{name}:8000" for name in vllm_services(services))
+    # OpenAI-style base URLs, as users write them (narrator also takes them without /v1).
+    assert sorted(urls) == sorted(f"http://{name}:8000/v1" for name in vllm_services(services))
     for svc in vllm_services(services).values():
         command = service_command(svc)
         assert command[command.index("--model") + 1] == env["NARRATOR_MODEL"]

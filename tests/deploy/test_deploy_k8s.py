@@ -207,7 +207,7 @@ def test_each_vllm_replica_has_a_url_a_gpu_and_a_patient_startup_probe(
     port = service["spec"]["ports"][0]["port"]
     name = vllm["metadata"]["name"]
     expected = [
-        f"http://{name}-{i}.{service['metadata']['name']}:{port}"
+        f"http://{name}-{i}.{service['metadata']['name']}:{port}/v1"
         for i in range(vllm["spec"]["replicas"])
     ]
     config = find(rendered, "ConfigMap", "narrator-config")["data"]

@@ -88,7 +88,8 @@ def test_a_refused_api_key_fails_the_jobs_and_commits_nothing(
     assert file_hashes(root) == before
     assert status.state == "failed"
     assert len(status.failed_jobs) == 2  # both episodes' vqa jobs
-    assert all("ModuleFailedError" in job.reason for job in status.failed_jobs), status.failed_jobs
+    # The refused key refuses every request: a job failure, not item failures.
+    assert all("VLMAccessError" in job.reason for job in status.failed_jobs), status.failed_jobs
 
 
 def test_failed_items_over_the_threshold_hold_the_commit_then_only_they_are_asked_again(

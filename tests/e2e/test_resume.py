@@ -79,7 +79,8 @@ def test_ctrl_c_then_resume_repeats_no_finished_request(tmp_path: Path) -> None:
         shutil.copytree(original, root)
         state = tmp_path / "resumed-state"
         fleet.reset()
-        env = {**os.environ, "NARRATOR_LOG_FORMAT": "json"}
+        # No hedging (extra requests by design), as in pipeline_config's reference run.
+        env = {**os.environ, "NARRATOR_LOG_FORMAT": "json", "NARRATOR_VLM__HEDGE": "false"}
         proc = subprocess.Popen(_annotate_cmd(root, state, fleet), env=env, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while _requests(fleet) < total // 3:

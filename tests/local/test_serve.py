@@ -159,7 +159,7 @@ def test_replicas_get_own_gpu_consecutive_ports_and_literal_argv(tmp_path: Path)
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
     assert not any(alive(pid) for pid in pids)
     assert not port_open(base) and not port_open(base + 1)
-    relayed = [e for e in logs if e["event"] == "replica output"]
+    relayed = [e for e in logs if e["event"] == "replica_output"]
     assert {e["replica"] for e in relayed} == {0, 1}
     assert any("fake vllm serving" in e["line"] for e in relayed)
 

@@ -25,8 +25,16 @@ def file_hashes(root: Path) -> dict[str, str]:
 def pipeline_config(
     urls: list[str], *, redis_url: str | None, state_dir: Path, workers: int = 2, **extra: Any
 ) -> NarratorConfig:
+    # No hedging: a hedge is an extra request by design, and several tests count requests
+    # exactly (tests/workers/test_hedging.py tests the mechanism).
     cli: dict[str, Any] = {
-        "vlm": {"urls": urls, "timeout_s": 20, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
+        "vlm": {
+            "urls": urls,
+            "timeout_s": 20,
+            "backoff_base_s": 0.05,
+            "backoff_max_s": 0.5,
+            "hedge": False,
+        },
         "workers": workers,
         "redis_url": redis_url,
         "state_dir": str(state_dir),

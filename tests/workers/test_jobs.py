@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from narrator.common import keys
-from narrator.common.errors import ModuleFailedError
+from narrator.common.errors import ModuleFailedError, VLMAccessError
 from narrator.common.queueing import module_queue, writer_queue
 from narrator.common.runs import load_run, text
 from narrator.common.staging import ModuleResult
@@ -165,21 +165,23 @@ async def test_a_job_of_an_older_generation_changes_nothing_of_the_newer_one(
 async def test_a_module_whose_items_all_failed_fails_the_job(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """A wrong API key: the server refuses every request (401), so every item fails."""
-    fleet = start_fleet(1, SimConfig(api_key="the-right-key"))
+    """Every answer is unusable (each item fails on its own), so the module fails as a whole.
+    (A refused API key is not an item failure at all: see the next test.)"""
+    fleet = start_fleet(1)
+    fleet.set_faults(0, garbage_rate=1.0)
     try:
         root = make_sample_dataset(tmp_path / "dataset", episodes=2, cameras=1, episodes_per_file=2)
         conn = redis.Redis.from_url(redis_url)
         run = enqueue(conn, root, tmp_path / "state", annotation=VQA_ONLY)
         vqa_hash = _hashes(conn, run.run_id)["vqa"]
-        config = _context_config(fleet.urls, redis_url, tmp_path, api_key="a-wrong-key")
+        config = _context_config(fleet.urls, redis_url, tmp_path)
         ctx = await open_worker_context(config)
         try:
             with pytest.raises(ModuleFailedError, match="every item of the vqa module failed"):
                 await run_module(ctx, run.run_id, "vqa", 0, vqa_hash)
             assert not conn.exists(keys.result(run.run_id, "vqa", 0))
             assert pending_members(conn, run.run_id) == {"vqa:0", "vqa:1"}
-            assert requests(fleet) > 0 and fleet.stats(0)["by_status"] == {"401": requests(fleet)}
+            assert requests(fleet) > 0 and fleet.stats(0)["by_status"] == {"200": requests(fleet)}
 
             # A run that allows failed items stages the result, failures recorded.
             enqueue(conn, root, tmp_path / "state", annotation=VQA_ONLY, allow_failed_items=True)
@@ -191,6 +193,30 @@ async def test_a_module_whose_items_all_failed_fails_the_job(
     result = _stored(conn, run.run_id, "vqa", 0)
     assert result is not None and result.rows == [] and out["failures"] == result.items > 0
     assert "vqa:0" not in pending_members(conn, run.run_id)
+
+
+async def test_a_refused_api_key_fails_the_job_even_when_failed_items_are_allowed(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """401 refuses every request: VLMAccessError fails the job at the first request, and
+    --allow-failed-items does not turn it into an empty result."""
+    fleet = start_fleet(1, SimConfig(api_key="the-right-key"))
+    try:
+        root = make_sample_dataset(tmp_path / "dataset", episodes=2, cameras=1, episodes_per_file=2)
+        conn = redis.Redis.from_url(redis_url)
+        run = enqueue(conn, root, tmp_path / "state", annotation=VQA_ONLY, allow_failed_items=True)
+        vqa_hash = _hashes(conn, run.run_id)["vqa"]
+        config = _context_config(fleet.urls, redis_url, tmp_path, api_key="a-wrong-key")
+        ctx = await open_worker_context(config)
+        try:
+            with pytest.raises(VLMAccessError, match="HTTP 401"):
+                await run_module(ctx, run.run_id, "vqa", 0, vqa_hash)
+        finally:
+            await ctx.close()
+    finally:
+        fleet.close()
+    assert not conn.exists(keys.result(run.run_id, "vqa", 0))
+    assert pending_members(conn, run.run_id) == {"vqa:0", "vqa:1"}
 
 
 async def test_rerun_of_an_episode_with_failed_items_asks_only_them(

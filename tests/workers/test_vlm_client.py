@@ -18,13 +18,18 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from narrator.common.config import VLMSettings
-from narrator.common.errors import BadAnswerError, VLMRequestRejectedError, VLMUnavailableError
+from narrator.common.errors import (
+    BadAnswerError,
+    VLMAccessError,
+    VLMRequestRejectedError,
+    VLMUnavailableError,
+)
 from narrator.simulator import SimConfig, start_fleet_async
 from narrator.simulator.fleet import AsyncFleet
 from narrator.workers.replicas import ReplicaPool
 from narrator.workers.vlm_api import ChatRequest
-from narrator.workers.vlm_client import DEFAULT_IN_FLIGHT_PER_REPLICA, VLMClient
-from narrator.workers.vlm_protocol import backoff_delay, parse_max_num_seqs
+from narrator.workers.vlm_client import VLMClient
+from narrator.workers.vlm_protocol import backoff_delay
 
 MODEL = "narrator-sim-vlm"
 SPATIAL = {
@@ -257,18 +262,37 @@ async def test_ignored_schema_is_caught_by_the_check(fleet: AsyncFleet) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "status"),
-    [({"model": "not-served"}, "404"), ({"max_tokens": 40_000}, "400")],
+    ("change", "status", "error", "counter"),
+    [
+        ({"model": "not-served"}, "404", VLMAccessError, "access"),
+        ({"max_tokens": 40_000}, "400", VLMRequestRejectedError, "rejected"),
+    ],
 )
-async def test_rejected_requests_are_not_retried(
-    fleet: AsyncFleet, change: dict[str, Any], status: str
+async def test_refused_requests_are_not_retried(
+    fleet: AsyncFleet,
+    change: dict[str, Any],
+    status: str,
+    error: type[Exception],
+    counter: str,
 ) -> None:
+    """A wrong model (404) refuses every request: VLMAccessError, which fails the job; a
+    request too long for the model (400) is refused alone: VLMRequestRejectedError, which
+    fails the item. Neither is retried."""
     async with VLMClient(settings(fleet)) as client:
-        with pytest.raises(VLMRequestRejectedError, match=f"HTTP {status}"):
+        with pytest.raises(error, match=f"HTTP {status}"):
             await ask(client, **change)
         counters = client.counters()
-    assert total(fleet) == 1 and counters["vqa:failures:rejected"] == 1
+    assert total(fleet) == 1 and counters[f"vqa:failures:{counter}"] == 1
     assert "vqa:retries" not in counters
+
+
+def test_access_errors_are_not_item_errors() -> None:
+    from narrator.common.errors import PermanentError
+    from narrator.workers.modules.asking import ITEM_ERRORS
+
+    assert issubclass(VLMAccessError, PermanentError)
+    assert not issubclass(VLMAccessError, ITEM_ERRORS)
+    assert issubclass(VLMRequestRejectedError, ITEM_ERRORS)
 
 
 async def test_cut_answer_is_retried_once_with_doubled_max_tokens(fleet: AsyncFleet) -> None:
@@ -321,16 +345,6 @@ async def test_least_loaded_choice_sends_less_to_a_slow_replica(fleet: AsyncFlee
     assert counts[0] <= 3 and min(counts[1:]) >= 7, counts
 
 
-async def test_budget_is_probed_from_metrics_when_not_configured() -> None:
-    # Real vLLM publishes no capacity figure; the simulator does only when asked to.
-    config = SimConfig(slots=8, publish_capacity=True)
-    async with (
-        await start_fleet_async(3, config) as fleet,
-        VLMClient(settings(fleet, max_in_flight_per_replica=None)) as client,
-    ):
-        assert [r.budget for r in client.pool.replicas] == [10, 10, 10]  # 8 slots + 25%
-
-
 async def test_api_key_is_sent_and_never_logged() -> None:
     secret = "sk-test-very-secret"
     async with await start_fleet_async(1, SimConfig(api_key=secret)) as fleet:
@@ -340,7 +354,7 @@ async def test_api_key_is_sent_and_never_logged() -> None:
                 assert await client.resolve_model() == MODEL
         assert secret not in repr(logs)
         async with VLMClient(settings(fleet)) as anonymous:
-            with pytest.raises(VLMRequestRejectedError, match="HTTP 401"):
+            with pytest.raises(VLMAccessError, match="HTTP 401"):
                 await ask(anonymous)
 
 
@@ -351,7 +365,7 @@ async def test_retries_are_logged_with_replica_status_and_attempt(fleet: AsyncFl
         async with VLMClient(settings(fleet, max_attempts=2)) as client:
             with pytest.raises(VLMUnavailableError):
                 await ask(client)
-    retries = [e for e in logs if e["event"] == "vlm attempt failed; will retry"]
+    retries = [e for e in logs if e["event"] == "vlm_attempt_failed_will_retry"]
     assert [e["attempt"] for e in retries] == [1, 2]
     assert all(e["outcome"] == "http_500" and e["replica"] in fleet.urls for e in retries)
 
@@ -362,13 +376,6 @@ def test_backoff_is_full_jitter_capped() -> None:
     assert all(0 <= d <= 4.0 for d in delays)
     assert max(backoff_delay(0, 0.5, 4.0, rng) for _ in range(100)) <= 0.5
     assert max(delays) > 3.0
-
-
-def test_max_num_seqs_parsing() -> None:
-    assert parse_max_num_seqs("simvlm_max_num_seqs 8\n") == 8
-    assert parse_max_num_seqs('vllm:some_config_info{max_num_seqs="256",x="y"} 1.0') == 256
-    assert parse_max_num_seqs("vllm:num_requests_running 3\n") is None
-    assert DEFAULT_IN_FLIGHT_PER_REPLICA == 32
 
 
 def test_client_without_urls_is_a_config_error() -> None:

@@ -74,15 +74,22 @@ async def ask(
     schema_name: str,
     parse: AnswerParser[_T],
     failure_item: str | None = None,
+    on_chain: bool = False,
 ) -> _T | Failure:
     """Ask for ``item`` of ``module`` and return the parsed answer, or the item's failure.
 
     ``parse`` turns the answer's JSON object into the value (``ValueError`` for an unusable
     answer earns the client's corrective retry); it runs once. An answer that stays unusable
     or a refused request is returned as a :class:`~narrator.common.staging.Failure` recorded
-    under ``failure_item`` (default ``item``); anything else propagates and fails the job."""
+    under ``failure_item`` (default ``item``); anything else propagates and fails the job.
+    ``on_chain`` marks a request that later requests of the episode wait for (hedged)."""
     request = ctx.chat_request(
-        module=module, item=item, messages=messages, schema=schema, schema_name=schema_name
+        module=module,
+        item=item,
+        messages=messages,
+        schema=schema,
+        schema_name=schema_name,
+        on_chain=on_chain,
     )
     try:
         answer = await client.ask(request, parse)

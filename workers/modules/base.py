@@ -73,8 +73,10 @@ class EpisodeContext:
         messages: list[dict[str, Any]],
         schema: dict[str, Any],
         schema_name: str,
+        on_chain: bool = False,
     ) -> ChatRequest:
-        """A request for ``item`` of ``module`` with the run's model and sampling settings."""
+        """A request for ``item`` of ``module`` with the run's model and sampling settings
+        (``on_chain``: later requests of the episode wait for this one; it may be hedged)."""
         settings = self.settings
         return ChatRequest(
             module=module,
@@ -87,6 +89,7 @@ class EpisodeContext:
             temperature=settings.temperature,
             seed=self.seed_for(module, item),
             chat_template_kwargs=settings.chat_template_kwargs,
+            on_chain=on_chain,
         )
 
 

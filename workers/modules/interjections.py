@@ -131,6 +131,7 @@ async def _acknowledge(ctx: EpisodeContext, client: VLM) -> Collected:
         schema=schemas.ack_schema(),
         schema_name=schemas.SCHEMA_NAMES["ack"],
         parse=parse_utterance,
+        on_chain=True,
     )
     if isinstance(got, Failure):
         return Collected(failures=[got])
@@ -176,6 +177,7 @@ async def _interjection(
         schema=schemas.interjection_schema(),
         schema_name=schemas.SCHEMA_NAMES["interjection"],
         parse=parse_interjection,
+        on_chain=True,
     )
     if isinstance(heard, Failure):
         return Collected(failures=[heard])
@@ -207,6 +209,7 @@ async def _interjection(
         schema_name=schemas.SCHEMA_NAMES["plan_refresh"],
         parse=parse_steps,
         failure_item=item,  # the interjection fails as a whole: no row without its plan
+        on_chain=True,
     )
     if isinstance(plan, Failure):
         return Collected(failures=[plan])

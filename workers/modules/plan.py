@@ -93,6 +93,7 @@ async def _memory_chain(ctx: EpisodeContext, client: VLM, spans: Sequence[Span])
             schema=schemas.memory_schema(),
             schema_name=schemas.SCHEMA_NAMES["memory"],
             parse=parse_memory,
+            on_chain=True,
         )
         if isinstance(got, Failure):
             out.failures.append(got)

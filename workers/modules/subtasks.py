@@ -151,6 +151,7 @@ async def _describe(
         schema=schemas.describe_schema(),
         schema_name=schemas.SCHEMA_NAMES["describe"],
         parse=parse_description,
+        on_chain=True,
     )
 
 
@@ -190,6 +191,7 @@ async def _segment_window(
         schema=schema,
         schema_name=schemas.SCHEMA_NAMES["subtasks"],
         parse=parse,
+        on_chain=True,
     )
     if isinstance(got, Failure):
         out.failures.append(got)
@@ -277,6 +279,7 @@ async def _relabel_one(
         schema=schemas.relabel_schema(),
         schema_name=schemas.SCHEMA_NAMES["relabel"],
         parse=parse_relabel,
+        on_chain=True,
     )
     if isinstance(got, Failure):
         return span, Collected(failures=[got])

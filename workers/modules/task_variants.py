@@ -103,6 +103,7 @@ async def derive_task(ctx: EpisodeContext, client: VLM, viewer: Viewer) -> str |
         schema=schemas.derive_task_schema(),
         schema_name=schemas.SCHEMA_NAMES["derive_task"],
         parse=parse_task,
+        on_chain=True,
     )
 
 
@@ -145,6 +146,7 @@ async def _free_rephrasings(ctx: EpisodeContext, client: VLM, task: str) -> list
         schema=schemas.task_aug_schema(count),
         schema_name=schemas.SCHEMA_NAMES["task_aug"],
         parse=parse,
+        on_chain=True,
     )
 
 
@@ -166,6 +168,7 @@ async def _axes_variants(ctx: EpisodeContext, client: VLM, task: str) -> list[st
         schema=schemas.task_aug_axes_schema(counts),
         schema_name=schemas.SCHEMA_NAMES["task_aug_axes"],
         parse=parse,
+        on_chain=True,
     )
 
 

@@ -1,0 +1,54 @@
+"""Stopping a simulated replica closes every connection it accepted (issue 14.4: a server-side
+connection that outlived its replica was garbage-collected unclosed, a ResourceWarning)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from narrator.simulator import SimConfig, start_fleet_async
+
+REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n"
+)
+
+
+async def read_to_eof(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails on a deadline)."""
+    return await asyncio.wait_for(reader.read(), timeout_s)
+
+
+async def test_stop_closes_idle_busy_and_half_sent_connections() -> None:
+    async with await start_fleet_async(1, SimConfig(slots=1)) as fleet:
+        fleet.set_faults(0, hang_rate=1.0)
+        port = fleet.replicas[0].port
+        body = b'{"model": "narrator-sim-vlm", "messages": [{"role": "user", "content": "hi"}]}'
+        idle = await asyncio.open_connection("127.0.0.1", port)
+        busy = await asyncio.open_connection("127.0.0.1", port)
+        busy[1].write(REQUEST % len(body) + body)  # hangs at the server
+        half = await asyncio.open_connection("127.0.0.1", port)
+        half[1].write(REQUEST % 10_000 + b"{")  # the body never completes
+        for _, writer in (idle, busy, half):
+            await writer.drain()
+        deadline = time.monotonic() + 5
+        while fleet.stats(0)["hung"] < 1:  # the busy request has reached its handler
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+        await fleet.stop_replica(0)
+
+        for reader, _ in (idle, busy, half):
+            await read_to_eof(reader, 5.0)  # closed by the server, not left open
+        for _, writer in (idle, busy, half):
+            writer.close()
+            await writer.wait_closed()
+        # The replica comes back on the same port and serves again.
+        await fleet.start_replica(0)
+        fleet.clear_faults(0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST.replace(b"POST /v1/chat/completions", b"GET /health") % 0)
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
