@@ -2,7 +2,10 @@
 
 Why: the SVT-AV1 encoder shipped in PyAV's wheels (libSvtAv1Enc 4.1) was seen to deadlock
 inside ``svt_av1_enc_send_picture`` when the machine is starved of CPU (a busy 2-core test
-machine): the calling thread blocks on a semaphore forever and takes no CPU. A deadlock in
+machine, and on every 400-episode generation with its default thread pool): the calling
+thread blocks on a semaphore forever and takes no CPU. The first defence is one encoder
+thread (``svtav1-params=lp=1`` in :mod:`narrator.samples.video`, with which the 400-episode
+generations finished); this watch is the second. A deadlock in
 native code cannot be interrupted in-process, so the sample generator encodes AV1 in a child
 process (``fork``: the child inherits the frame generator, nothing is pickled), watches a
 frame counter the child advances, and kills and restarts the child when the counter has not

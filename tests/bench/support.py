@@ -98,15 +98,8 @@ class BenchContext:
         return path
 
 
-# The child pins SVT-AV1 to one thread ("lp=1"): with its default thread pool the encoder of
-# this PyAV build deadlocks on larger datasets (400 episodes hung in 4 of 4 generations,
-# 0 % CPU, every SVT thread waiting on a semaphore; with lp=1 it finished).
 _GENERATE = (
     "import json, sys\n"
-    "import narrator.samples.video as video\n"
-    "svt = getattr(video, '_CODEC_OPTIONS', {}).get('libsvtav1')\n"
-    "if svt is not None:\n"
-    "    svt.setdefault('svtav1-params', 'lp=1')\n"
     "from narrator.samples.dataset import make_sample_dataset\n"
     "make_sample_dataset(sys.argv[1], **json.loads(sys.argv[2]))\n"
 )
