@@ -33,7 +33,8 @@ CODE_BITS = 12
 CODE_BAND_ROWS = 8
 CODEC_PREFERENCE: tuple[str, ...] = ("libsvtav1", "libaom-av1", "libx264", "h264")
 _CODEC_OPTIONS: dict[str, dict[str, str]] = {
-    "libsvtav1": {"preset": "10", "crf": "30", "svtav1-params": "lp=1"},  # one thread: see encode_guard
+    # One SVT-AV1 thread: its thread pool deadlocks here (see narrator.samples.encode_guard).
+    "libsvtav1": {"preset": "10", "crf": "30", "svtav1-params": "lp=1"},
     "libaom-av1": {"cpu-used": "8", "crf": "30"},
     "libx264": {"preset": "veryfast", "crf": "20"},
     "h264": {"preset": "veryfast", "crf": "20"},
