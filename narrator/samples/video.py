@@ -26,13 +26,15 @@ from typing import Any
 import av
 import numpy as np
 
+from narrator.samples.encode_guard import encode_guarded
 from narrator.samples.scene import BACKGROUND, PROGRESS_BAR, layout, scene_for_task
 
 CODE_BITS = 12
 CODE_BAND_ROWS = 8
 CODEC_PREFERENCE: tuple[str, ...] = ("libsvtav1", "libaom-av1", "libx264", "h264")
 _CODEC_OPTIONS: dict[str, dict[str, str]] = {
-    "libsvtav1": {"preset": "10", "crf": "30"},
+    # One SVT-AV1 thread: its thread pool deadlocks here (see narrator.samples.encode_guard).
+    "libsvtav1": {"preset": "10", "crf": "30", "svtav1-params": "lp=1"},
     "libaom-av1": {"cpu-used": "8", "crf": "30"},
     "libx264": {"preset": "veryfast", "crf": "20"},
     "h264": {"preset": "veryfast", "crf": "20"},
@@ -47,9 +49,20 @@ PROGRESS_BAR_ROWS = 4
 def write_video(
     path: Path, frames: Iterable[np.ndarray], *, fps: int, codec: str, gop: int = 2
 ) -> None:
-    """Encode RGB uint8 frames (H, W, 3; even sizes) into an mp4, yuv420p, frame k at k/fps."""
-    _quiet_svt_av1()
+    """Encode RGB uint8 frames (H, W, 3; even sizes) into an mp4, yuv420p, frame k at k/fps.
+
+    SVT-AV1 runs under :func:`~narrator.samples.encode_guard.encode_guarded` (a watched child
+    process, restarted if the encoder deadlocks); other encoders run in this process."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    encode = functools.partial(_encode, fps=fps, codec=codec, gop=gop)
+    if codec == "libsvtav1":
+        encode_guarded(path, frames, encode)
+    else:
+        encode(path, frames)
+
+
+def _encode(path: Path, frames: Iterable[np.ndarray], *, fps: int, codec: str, gop: int) -> None:
+    _quiet_svt_av1()
     with av.open(str(path), "w", format="mp4") as container:
         stream: Any = None
         for frame in frames:

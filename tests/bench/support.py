@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from narrator.samples.dataset import make_sample_dataset
+import psutil  # type: ignore[import-untyped]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +65,8 @@ class Figure:
 class BenchResult:
     figures: list[Figure] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # (title, text) blocks printed after the table, e.g. a trace or which limit binds
+    texts: list[tuple[str, str]] = field(default_factory=list)
 
     def add(
         self,
@@ -95,15 +98,78 @@ class BenchContext:
         return path
 
 
+_GENERATE = (
+    "import json, sys\n"
+    "from narrator.samples.dataset import make_sample_dataset\n"
+    "make_sample_dataset(sys.argv[1], **json.loads(sys.argv[2]))\n"
+)
+GENERATE_ATTEMPTS = 3
+STALL_S = 30.0  # a generation whose CPU time does not move for this long is hung
+GENERATE_MAX_S = 3600.0
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def _generate_once(path: Path, kwargs: dict[str, Any]) -> bool:
+    """Generate in a child; False if it hung (its CPU time stood still for STALL_S)."""
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _GENERATE, str(path), json.dumps(kwargs)],
+            env=child_environment(),
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        watched = psutil.Process(child.pid)
+        started = last_move = time.monotonic()
+        last_cpu = 0.0
+        while child.poll() is None:
+            time.sleep(1.0)
+            try:
+                cpu = _cpu_s(watched)
+            except psutil.Error:
+                continue
+            now = time.monotonic()
+            if cpu > last_cpu + 0.05:
+                last_cpu, last_move = cpu, now
+            if now - last_move > STALL_S or now - started > GENERATE_MAX_S:
+                child.kill()
+                child.wait()
+                return False
+        if child.returncode != 0:
+            err.seek(0)
+            tail = err.read()[-2000:].decode("utf-8", "replace")
+            raise RuntimeError(f"generating {path.name} failed: {tail}")
+    return True
+
+
 def sample_dataset(ctx: BenchContext, **kwargs: Any) -> Path:
-    """The generated dataset for these arguments (generated on first use in this run)."""
+    """The generated dataset for these arguments (generated on first use in this run).
+
+    Generated in a child process that is watched: the SVT-AV1 encoder of this PyAV build has
+    been seen to deadlock inside ``avcodec_send_frame`` (waiting on a semaphore, no CPU
+    used); a generation whose CPU time stands still for STALL_S is killed, reported on
+    stdout and started again (up to GENERATE_ATTEMPTS). A slow generation on a busy machine
+    is left alone."""
     name = "ds-" + "-".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
     path = ctx.work / "datasets" / name
-    if not (path / "meta" / "info.json").exists():
+    if (path / "meta" / "info.json").exists():
+        return path
+    for attempt in range(1, GENERATE_ATTEMPTS + 1):
         if path.exists():
             shutil.rmtree(path)
-        make_sample_dataset(path, **kwargs)
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if _generate_once(path, kwargs):
+            return path
+        sys.stdout.write(
+            f"[bench] generating {name} hung (no CPU used for {STALL_S:.0f} s, attempt "
+            f"{attempt}); killed, starting again\n"
+        )
+        sys.stdout.flush()
+    raise RuntimeError(f"generating {name} hung {GENERATE_ATTEMPTS} times")
 
 
 def copy_dataset(source: Path, target_parent: Path) -> Path:
@@ -160,8 +226,6 @@ def peak_rss_bytes() -> int:
 
 
 def current_rss_bytes() -> int:
-    import psutil  # type: ignore[import-untyped]
-
     return int(psutil.Process().memory_info().rss)
 
 

@@ -13,7 +13,7 @@ scheduler can fill) are left out; both are reported separately as "ramp" and "dr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ class Utilisation:
         }
 
 
-def busy_seconds(entries: Sequence[dict[str, Any]], t0: float, t1: float) -> float:
+def busy_seconds(entries: Sequence[Mapping[str, Any]], t0: float, t1: float) -> float:
     """Slot-seconds the entries were being served inside [t0, t1]."""
     return sum(max(0.0, min(float(e["end_s"]), t1) - max(float(e["start_s"]), t0)) for e in entries)
 
@@ -83,18 +83,3 @@ def in_flight_profile(
 
 def merged(timelines: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [entry for timeline in timelines for entry in timeline]
-
-
-def service_overrun(
-    entries: Sequence[dict[str, Any]], base_s: float, per_image_s: float, per_token_s: float
-) -> float:
-    """How much longer the replicas held their slots than the capacity model says, as a
-    fraction of the nominal service time. The simulator sleeps for the service time, so a
-    CPU-starved simulator oversleeps: a few percent means the machine was busy and wall
-    times are inflated by about that much."""
-    nominal = sum(
-        base_s + per_image_s * int(e["images"]) + per_token_s * int(e["completion_tokens"])
-        for e in entries
-    )
-    measured = sum(float(e["end_s"]) - float(e["start_s"]) for e in entries)
-    return measured / nominal - 1.0 if nominal > 0 else 0.0
