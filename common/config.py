@@ -37,6 +37,8 @@ from narrator.common.errors import ConfigError
 from narrator.common.modules import MODULES, selection_problem
 
 QUESTION_TYPES: tuple[str, ...] = ("bbox", "keypoint", "count", "attribute", "spatial")
+# What vLLM's chat-completion API accepts for ``reasoning_effort`` (ChatCompletionRequest).
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 REDIS_SCHEMES: tuple[str, ...] = ("redis", "rediss", "unix")
 
@@ -266,7 +268,14 @@ class AnnotationSettings(_Model):
         default=0.2, ge=0, le=2, description="sampling temperature of the VLM, 0-2"
     )
     max_tokens: int = Field(
-        default=1024, ge=16, le=131072, description="most tokens per VLM answer"
+        default=1024, ge=16, le=131072, description="most tokens per VLM answer, in tokens"
+    )
+    reasoning_effort: Annotated[ReasoningEffort | None, Surface(default_text="unset: not sent")] = (
+        Field(
+            default=None,
+            description="reasoning budget hint sent as the chat request's reasoning_effort "
+            "(vLLM takes it for reasoning models; older vLLM only low, medium, high)",
+        )
     )
     frames: FrameSettings = FrameSettings()
     plan: PlanSettings = PlanSettings()
@@ -288,6 +297,45 @@ class AnnotationSettings(_Model):
         if problem is not None:
             raise ValueError(problem)
         return v
+
+
+def parse_episode_ranges(parts: tuple[str, ...] | list[str]) -> list[int]:
+    """``["3", "7", "10-20"]`` -> the sorted distinct episode indices; ValueError says which
+    part is not an index or an inclusive ``A-B`` range (pure)."""
+    found: set[int] = set()
+    for raw in parts:
+        part = raw.strip()
+        low, dash, high = part.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if dash else first
+        except ValueError:
+            raise ValueError(
+                f"{part!r} is not an episode index or range; write e.g. 3,7,10-20"
+            ) from None
+        if first < 0 or last < first:
+            raise ValueError(f"{part!r} is not a range of episode indices (write LOW-HIGH, >= 0)")
+        if last - first >= 10_000_000:
+            raise ValueError(f"{part!r} names more than 10 million episodes")
+        found.update(range(first, last + 1))
+    if not found:
+        raise ValueError("name at least one episode, e.g. 3,7,10-20")
+    return sorted(found)
+
+
+def format_episode_ranges(episodes: list[int] | tuple[int, ...]) -> tuple[str, ...]:
+    """Sorted episode indices as merged ranges: ``[3, 4, 5, 7]`` -> ``("3-5", "7")`` (pure)."""
+    out: list[str] = []
+    ordered = sorted(set(episodes))
+    start = 0
+    while start < len(ordered):
+        end = start
+        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
+            end += 1
+        first, last = ordered[start], ordered[end]
+        out.append(str(first) if first == last else f"{first}-{last}")
+        start = end + 1
+    return tuple(out)
 
 
 def normalize_base_url(url: str) -> str:
@@ -431,6 +479,101 @@ class VLMSettings(_Model):
         return tuple(dict.fromkeys(normalize_base_url(u) for u in v if u.strip()))
 
 
+class ServeSettings(_Model):
+    """``--serve``: vLLM replicas that ``narrator annotate`` starts itself (narrator.local.serve).
+
+    Replica ``i`` gets the GPU group ``i % groups``, where the visible GPUs are cut into
+    ``len(gpus) // gpus_per_replica`` disjoint groups of ``gpus_per_replica`` devices; more
+    replicas than groups share them (see docs/DECISIONS.md, "--serve packing")."""
+
+    cli_group: ClassVar[str] = "one machine: --serve starts the vLLM replicas"
+    cli_commands: ClassVar[frozenset[str]] = frozenset({ANNOTATE})
+
+    command: Annotated[
+        str | None,
+        Surface(flag="--serve", metavar="COMMAND", default_text="use the --vlm-url servers"),
+    ] = Field(
+        default=None,
+        description="start vLLM replicas with this command, e.g. 'vllm serve MODEL [ARGS]' "
+        "(no shell; narrator adds --port and --host)",
+    )
+    replicas: Annotated[
+        int | None,
+        Surface(flag="--replicas", default_text="visible GPUs / --gpus-per-replica, at least 1"),
+    ] = Field(default=None, ge=1, le=1024, description="replicas --serve starts")
+    port: Annotated[int, Surface(flag="--serve-port", metavar="PORT")] = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="TCP port of the first --serve replica; replica i gets PORT+i",
+    )
+    gpus_per_replica: Annotated[int, Surface(flag="--gpus-per-replica")] = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="GPUs each --serve replica sees (CUDA_VISIBLE_DEVICES=a,b; set the "
+        "matching --tensor-parallel-size in the --serve command)",
+    )
+    ready_timeout_s: Annotated[float, Surface(flag="--serve-ready-timeout")] = Field(
+        default=1800.0,
+        gt=0,
+        description="longest wait for every --serve replica to answer /health, in seconds "
+        "(a large model takes minutes to load)",
+    )
+
+
+class HubSettings(_Model):
+    """The Hugging Face Hub round trip of ``narrator annotate`` (narrator.hub)."""
+
+    cli_group: ClassVar[str] = "Hugging Face Hub (download before, upload after the run)"
+    cli_commands: ClassVar[frozenset[str]] = frozenset({ANNOTATE})
+
+    repo_id: Annotated[str | None, Surface(metavar="USER/NAME")] = Field(
+        default=None,
+        description="Hub dataset to annotate: downloaded into ROOT (or into "
+        "$HF_LEROBOT_HOME/USER/NAME without ROOT) unless a dataset is there already; also "
+        "where --push-to-hub uploads by default",
+    )
+    revision: Annotated[str | None, Surface(metavar="REV", default_text="main")] = Field(
+        default=None, description="branch, tag or commit of --repo-id to download"
+    )
+    push_to_hub: Annotated[bool, Surface(value_path=("hub", "push_repo_id"), metavar="REPO")] = (
+        Field(
+            default=False,
+            description="after the commit, upload the annotated dataset (never narrator's state "
+            "or staging) to REPO, or without REPO to --repo-id; refused when the dataset fails "
+            "validation",
+        )
+    )
+    push_repo_id: Annotated[str | None, Surface(metavar="USER/NAME")] = Field(
+        default=None,
+        description="dataset repo --push-to-hub uploads to, when not --repo-id (upstream's "
+        "new_repo_id)",
+    )
+    private: bool = Field(
+        default=False,
+        description="create the --push-to-hub repo private (an existing repo keeps its visibility)",
+    )
+    commit_message: Annotated[
+        str | None,
+        Surface(
+            metavar="TEXT",
+            default_text="'Add language annotations (MODULES) by narrator with MODEL'",
+        ),
+    ] = Field(default=None, description="message of the --push-to-hub commit")
+
+    @field_validator("repo_id", "push_repo_id")
+    @classmethod
+    def _repo_id(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        parts = v.split("/")
+        if len(parts) != 2 or not all(parts) or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a Hub repo id; write it as USER/NAME")
+        return v
+
+
 _RUNS_WORKERS = frozenset({ANNOTATE, WORKER})  # commands that start worker processes
 
 
@@ -451,6 +594,15 @@ class NarratorConfig(_Model):
     )
     vlm: VLMSettings = VLMSettings()
     annotation: AnnotationSettings = AnnotationSettings()
+    serve: ServeSettings = ServeSettings()
+    hub: HubSettings = HubSettings()
+    only_episodes: Annotated[
+        tuple[str, ...], Surface(metavar="3,7,10-20", default_text="every episode")
+    ] = Field(
+        default=(),
+        description="annotate only these episodes (indices and inclusive ranges); the other "
+        "episodes keep their rows as they are",
+    )
     workers: Annotated[int, Surface(commands=frozenset({ANNOTATE, WORKER}))] = Field(
         default=2, ge=1, le=256, description="worker processes"
     )
@@ -517,6 +669,27 @@ class NarratorConfig(_Model):
             default_text="console on a terminal, else json",
         ),
     ] = Field(default=None, description="log line format")
+
+    @field_validator("only_episodes", mode="before")
+    @classmethod
+    def _split_episodes(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part for part in v.split(",") if part.strip()]
+        if isinstance(v, list | tuple):
+            return [str(part) for part in v]  # YAML may give integers
+        return v
+
+    @field_validator("only_episodes")
+    @classmethod
+    def _episode_ranges(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """The canonical spelling: sorted, merged ranges (``7,3,4-5`` -> ``3-5,7``)."""
+        if not v:
+            return v
+        return format_episode_ranges(parse_episode_ranges(v))
+
+    def episode_selection(self) -> frozenset[int] | None:
+        """The episodes ``only_episodes`` names, or None for every episode."""
+        return frozenset(parse_episode_ranges(self.only_episodes)) if self.only_episodes else None
 
     @field_validator("redis_url")
     @classmethod

@@ -13,6 +13,8 @@ environment variable without any other edit:
   the docs use (``NARRATOR_MODEL``, ``NARRATOR_VLM_URLS``), declared on the field.
 * **commands**: the subcommands that take the flag: the field's :class:`Surface`, else its
   section model's ``cli_commands`` class variable.
+* **switch with a value**: a bool field whose Surface names a ``value_path`` takes an optional
+  value on its flag (``--push-to-hub`` or ``--push-to-hub REPO``), which sets that other field.
 * **child env**: :func:`child_environment` writes a config as variables such that
   :func:`env_overrides` reads back the same config (the one-machine runner passes its whole
   config to the worker and writer processes this way; secrets never go through argv).
@@ -65,6 +67,9 @@ class Surface:
     repeat: bool = False  # a list flag given once per value (--vlm-url A --vlm-url B)
     metavar: str | None = None
     default_text: str | None = None  # how to say the default when its value says little
+    # A bool switch whose flag may also carry a value, stored into the field at this path
+    # (``--push-to-hub`` alone, or ``--push-to-hub REPO`` setting ``hub.push_repo_id`` too).
+    value_path: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class Setting:
     metavar: str | None = None
     default_text: str | None = None
     no_flag: str | None = None
+    value_path: tuple[str, ...] | None = None  # see Surface.value_path
 
     @property
     def dest(self) -> str:
@@ -205,6 +211,7 @@ def _walk(
             metavar=surface.metavar,
             default_text=surface.default_text,
             no_flag=surface.no_flag,
+            value_path=surface.value_path,
         )
 
 

@@ -96,3 +96,22 @@ class ContractError(PermanentError):
 class ModuleFailedError(PermanentError):
     """Every item a module asked for one episode failed: the job fails instead of staging an
     empty result (a wrong model or API key must not produce an empty dataset)."""
+
+
+# --- the Hugging Face Hub ----------------------------------------------------------------
+
+
+class HubError(NarratorError):
+    """Base for failures of the Hub round trip (``--repo-id``, ``--push-to-hub``)."""
+
+
+class HubAccessError(HubError, PermanentError):
+    """The Hub refuses: no such repo or revision, no permission, not logged in."""
+
+
+class HubUnavailableError(HubError, TransientError):
+    """The Hub did not answer (network, 5xx); the same command again may work."""
+
+
+class PushRefusedError(HubError, PermanentError):
+    """narrator will not upload this dataset (it fails validation, or it is not annotated)."""

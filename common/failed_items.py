@@ -42,9 +42,33 @@ def _as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_tallies(conn: redis.Redis, run_id: str, modules: Collection[str]) -> list[ModuleTally]:
-    raw = {_as_str(k): int(v) for k, v in conn.hgetall(keys.item_totals(run_id)).items()}
-    return [ModuleTally(m, raw.get(f"{m}:items", 0), raw.get(f"{m}:failed", 0)) for m in modules]
+def read_tallies(
+    conn: redis.Redis,
+    run_id: str,
+    modules: Collection[str],
+    episodes: Collection[int] | None = None,
+) -> list[ModuleTally]:
+    """Per-module item totals of the run; with ``episodes`` (an ``--only-episodes`` run),
+    the sums over those episodes' members only, so failures of episodes outside the
+    selection neither hold its commit nor count in its status."""
+    if episodes is None:
+        raw = {_as_str(k): int(v) for k, v in conn.hgetall(keys.item_totals(run_id)).items()}
+        return [
+            ModuleTally(m, raw.get(f"{m}:items", 0), raw.get(f"{m}:failed", 0)) for m in modules
+        ]
+    ordered = sorted(episodes)
+    out: list[ModuleTally] = []
+    for module in modules:
+        items = failed = 0
+        for start in range(0, len(ordered), 5000):
+            members = [keys.member(module, e) for e in ordered[start : start + 5000]]
+            for value in conn.hmget(keys.item_tallies(run_id), members):
+                if value is not None:
+                    got_items, _, got_failed = _as_str(value).partition(" ")
+                    items += int(got_items)
+                    failed += int(got_failed or 0)
+        out.append(ModuleTally(module, items, failed))
+    return out
 
 
 def commit_hold(tallies: Collection[ModuleTally], policy: CommitPolicy) -> str | None:
@@ -78,13 +102,19 @@ def read_hold(conn: redis.Redis, run_id: str) -> str | None:
 
 
 def read_failure_records(
-    conn: redis.Redis, run_id: str, modules: Collection[str]
+    conn: redis.Redis,
+    run_id: str,
+    modules: Collection[str],
+    episodes: Collection[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """The failure records of the latest results of the run's modules, by member."""
+    """The failure records of the latest results of the run's modules, by member (only the
+    members of ``episodes`` when given)."""
     out: list[dict[str, Any]] = []
+    wanted = None if episodes is None else set(episodes)
     raw: Mapping[Any, Any] = conn.hgetall(keys.item_failures(run_id))
     for member, records in sorted(raw.items(), key=lambda kv: _member_order(_as_str(kv[0]))):
-        if _as_str(member).split(":", 1)[0] in modules:
+        module, episode = _member_order(_as_str(member))
+        if module in modules and (wanted is None or episode in wanted):
             out.extend(orjson.loads(records))
     return out
 

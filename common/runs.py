@@ -2,9 +2,15 @@
 
 A run is identified by the dataset (absolute root + fingerprint), so running the same command
 again resumes it. What changes answers (settings, prompt texts, model) goes into per-module
-hashes; the *generation* is a hash of all module hashes and names one complete set of
-results. A changed prompt changes one module hash and the generation; only that module's
-jobs (and the modules that need it, per :mod:`common.modules`) are recomputed.
+hashes; the *generation* is a hash of all module hashes (and of the episode selection of an
+``--only-episodes`` run) and names one complete set of results to commit. A changed prompt
+changes one module hash and the generation; only that module's jobs (and the modules that
+need it, per :mod:`common.modules`) are recomputed.
+
+Selections: results are kept per (module, episode) whatever the selection, so a run over
+another selection reuses the answers of the episodes both name, and its commit rewrites only
+the shards of its own episodes, keeping every other episode's rows (those of an earlier
+selection among them). The same selection again is the same generation: it resumes.
 
 Invariants:
 * Workers and the writer take the dataset root, settings, prompts and model from the run
@@ -26,7 +32,7 @@ import redis
 import redis.asyncio as aredis
 
 from narrator.common import keys
-from narrator.common.config import AnnotationSettings
+from narrator.common.config import AnnotationSettings, parse_episode_ranges
 from narrator.common.errors import PermanentError
 from narrator.common.job_specs import CommitPolicy, JobOptions
 from narrator.common.modules import SPECS
@@ -57,6 +63,9 @@ def compute_module_hashes(
         "chat_template_kwargs": settings.chat_template_kwargs,
         "model": model,
     }
+    if settings.reasoning_effort is not None:
+        # Only when set, so runs recorded before the setting existed keep their hashes.
+        common_part["reasoning_effort"] = settings.reasoning_effort
     sections = settings.model_dump(mode="json")
     hashes: dict[str, str] = {}
     for spec in SPECS:
@@ -73,8 +82,13 @@ def compute_module_hashes(
     return hashes
 
 
-def generation_of(module_hashes: dict[str, str]) -> str:
-    return hashlib.sha256(_settings_json(module_hashes)).hexdigest()[:16]
+def generation_of(module_hashes: dict[str, str], selection: tuple[str, ...] = ()) -> str:
+    """The hash naming one set of results to commit; ``selection`` is the canonical
+    ``--only-episodes`` spelling (empty for every episode, which keeps older generations)."""
+    if not selection:
+        return hashlib.sha256(_settings_json(module_hashes)).hexdigest()[:16]
+    payload = {"module_hashes": module_hashes, "only_episodes": list(selection)}
+    return hashlib.sha256(_settings_json(payload)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,11 @@ class RunRecord:
     created_at: float
     job_options: JobOptions = field(default_factory=JobOptions)
     commit_policy: CommitPolicy = field(default_factory=CommitPolicy)
+    selection: tuple[str, ...] = ()  # --only-episodes, canonical ranges; () = every episode
+
+    def selected_episodes(self) -> frozenset[int] | None:
+        """The episodes of an ``--only-episodes`` run, None for every episode."""
+        return frozenset(parse_episode_ranges(self.selection)) if self.selection else None
 
     def to_redis(self) -> dict[Any, Any]:
         return {
@@ -118,6 +137,7 @@ class RunRecord:
             "retry_intervals_s": orjson.dumps(list(self.job_options.retry_intervals_s)).decode(),
             "failed_items_threshold": repr(self.commit_policy.failed_items_threshold),
             "allow_failed_items": "1" if self.commit_policy.allow_failed_items else "0",
+            "selection": ",".join(self.selection),
             "updated_at": repr(time.time()),
         }
 
@@ -151,6 +171,7 @@ class RunRecord:
                 failed_items_threshold=float(data.get("failed_items_threshold", 0.05)),
                 allow_failed_items=data.get("allow_failed_items") == "1",
             ),
+            selection=tuple(p for p in data.get("selection", "").split(",") if p),
         )
 
 

@@ -16,6 +16,9 @@ Invariants:
   (staged marks and finalize claims are per generation of the run and reset on every change
   of generation), so it is finalized and committed again.
 * Jobs name a run id only; paths come from the run record.
+* ``only_episodes`` (``--only-episodes``) restricts the jobs to those episodes and the files
+  to those that hold one (plus files still without language columns, see
+  :mod:`producer.selection`); the selection is part of the generation and of the run record.
 * Enqueueing a generation removes the staged shards of the run's superseded generations
   (:func:`common.state_dir.prune_superseded_stages`; best effort, a read-only view of the
   dataset leaves them to the writer, which prunes on commit).
@@ -32,7 +35,7 @@ import redis
 
 from narrator.common import keys
 from narrator.common.cameras import check_camera_settings
-from narrator.common.config import AnnotationSettings
+from narrator.common.config import AnnotationSettings, format_episode_ranges
 from narrator.common.dataset.meta import DatasetMeta
 from narrator.common.dataset.reader import check_language_columns, load_dataset_meta
 from narrator.common.failed_items import read_tallies, record_hold
@@ -49,6 +52,7 @@ from narrator.common.runs import (
 )
 from narrator.common.state_dir import check_dataset_writable, prune_superseded_stages
 from narrator.producer.schedule import schedule_run
+from narrator.producer.selection import run_files
 
 log = get_logger(__name__)
 
@@ -78,6 +82,7 @@ def enqueue_run(
     staging_dir: Path | None = None,
     meta: DatasetMeta | None = None,
     policy: CommitPolicy | None = None,
+    only_episodes: frozenset[int] | None = None,
 ) -> EnqueueSummary:
     options = options or JobOptions()
     root = Path(root).resolve()
@@ -88,18 +93,14 @@ def enqueue_run(
     # writer, another process, writes it), so only the filesystem rule is checked here.
     check_dataset_writable(meta, staging_dir, probe_writes=False)
     check_camera_settings(settings, meta.cameras)
+    files = run_files(meta, only_episodes)
+    selection = format_episode_ranges(sorted(only_episodes)) if only_episodes else ()
+    episodes = sorted(e for eps in files.values() for e in eps)
     run_id = compute_run_id(root, meta.fingerprint())
     module_hashes = compute_module_hashes(settings, prompts, model)
-    generation = generation_of(module_hashes)
-    total_jobs = len(meta.episodes) * len(module_hashes)
-    summary = EnqueueSummary(run_id, generation, total_jobs, files=len(meta.files))
-
-    if text(conn.get(keys.committed(run_id))) == generation and not any(
-        t.failed for t in read_tallies(conn, run_id, module_hashes)
-    ):
-        summary.complete = True
-        summary.already_done = total_jobs
-        return summary
+    generation = generation_of(module_hashes, selection)
+    total_jobs = len(episodes) * len(module_hashes)
+    summary = EnqueueSummary(run_id, generation, total_jobs, files=len(files))
 
     created_at, previous_generation = conn.hmget(keys.run(run_id), ["created_at", "generation"])
     record = RunRecord(
@@ -112,12 +113,13 @@ def enqueue_run(
         module_hashes=module_hashes,
         generation=generation,
         staging_dir=staging_dir,
-        total_files=len(meta.files),
-        total_episodes=len(meta.episodes),
+        total_files=len(files),
+        total_episodes=len(episodes),
         total_jobs=total_jobs,
         job_options=options,
         commit_policy=policy or CommitPolicy(),
         created_at=float(created_at) if created_at else time.time(),
+        selection=selection,
     )
     pipe = conn.pipeline(transaction=True)
     pipe.hset(keys.run(run_id), mapping=record.to_redis())
@@ -125,9 +127,7 @@ def enqueue_run(
     pipe.delete(keys.run_files(run_id))
     pipe.hset(
         keys.run_files(run_id),
-        mapping={
-            f: orjson.dumps({"path": f, "episodes": list(eps)}) for f, eps in meta.files.items()
-        },
+        mapping={f: orjson.dumps({"path": f, "episodes": list(eps)}) for f, eps in files.items()},
     )
     if text(previous_generation) != generation:
         # Another generation's bookkeeping (which shards are staged, which finalize jobs were
@@ -137,8 +137,16 @@ def enqueue_run(
     record_hold(conn, run_id, None)
     # Superseded generations' staged shards (their staged_files entries went above).
     prune_superseded_stages(record.staging_dir, run_id, generation)
+    # The record always describes the latest command (status, the dataset card), even when
+    # that command asks for a generation that is committed already.
+    if text(conn.get(keys.committed(run_id))) == generation and not any(
+        t.failed for t in read_tallies(conn, run_id, module_hashes, only_episodes)
+    ):
+        summary.complete = True
+        summary.already_done = total_jobs
+        return summary
 
-    outcome = schedule_run(conn, record, meta.files)
+    outcome = schedule_run(conn, record, files)
     summary.already_done = len(outcome.done)
     summary.enqueued = outcome.enqueued
     summary.already_active = outcome.already_active
@@ -148,6 +156,7 @@ def enqueue_run(
         run=run_id,
         generation=generation,
         jobs=total_jobs,
+        only_episodes=",".join(selection) or None,
         enqueued=outcome.enqueued,
         done=len(outcome.done),
         active=outcome.already_active,

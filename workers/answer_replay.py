@@ -46,6 +46,8 @@ def request_key(request: ChatRequest) -> str:
         "seed": request.seed,
         "chat_template_kwargs": request.chat_template_kwargs,
     }
+    if request.reasoning_effort is not None:  # absent when unset: older keys stay valid
+        identity["reasoning_effort"] = request.reasoning_effort
     return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 

@@ -42,6 +42,7 @@ class ChatRequest:
     temperature: float
     seed: int | None = None
     chat_template_kwargs: Mapping[str, Any] | None = None
+    reasoning_effort: str | None = None  # sent as is when set (vLLM's ChatCompletionRequest)
     on_chain: bool = False
 
     @property

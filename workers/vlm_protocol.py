@@ -11,6 +11,8 @@ Invariants:
   chat-completion API accepts; for a server that refuses ``json_schema`` (llama.cpp answers
   500 "Input should be 'text' or 'json_object'", others 400) the same request is built with
   ``{"type": "json_object"}`` and the schema written into the prompt (:func:`chat_body`);
+* optional fields (``seed``, ``chat_template_kwargs``, ``reasoning_effort``) are sent only when
+  set, so a server that predates one of them never sees it unless the user asks for it;
 * an error status falls in exactly one class (:func:`status_class`): ``retry`` (408, 429,
   5xx), ``access`` (401, 403, 404, 405: nothing of the run can work; the job fails) or
   ``rejected`` (every other 4xx, e.g. 400, 413, 422: this one request is refused; the item
@@ -170,6 +172,8 @@ def chat_body(
         body["seed"] = request.seed
     if request.chat_template_kwargs is not None:
         body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
+    if request.reasoning_effort is not None:
+        body["reasoning_effort"] = request.reasoning_effort
     return body
 
 

@@ -49,6 +49,7 @@ from narrator.writer.assemble import assemble_file
 from narrator.writer.cleanup import forget_finished_jobs
 from narrator.writer.commit import commit, resume_commits
 from narrator.writer.context import WriterContext
+from narrator.writer.merge import untouched_episodes
 from narrator.writer.shard import EpisodeRange, language_columns, write_language_shard
 
 log = get_logger(__name__)
@@ -87,6 +88,10 @@ def finalize_file(
         frame_sizes={e: probe.sizes(e) for e in episodes},
         plans=run.settings.plan.emit_plan,
     )
+    # An --only-episodes run: the file's other episodes are written back as they were.
+    kept_persistent, kept_events = untouched_episodes(existing, list(frames), episodes)
+    persistent.update(kept_persistent)
+    events.update(kept_events)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         for f in errors:
@@ -133,7 +138,8 @@ def maybe_commit(ctx: WriterContext, run: RunRecord) -> bool:
         files = load_run_files(conn, run.run_id)
         if any(staged.get(f) != run.generation for f in files):
             return False
-        hold = commit_hold(read_tallies(conn, run.run_id, run.module_hashes), run.commit_policy)
+        tallies = read_tallies(conn, run.run_id, run.module_hashes, run.selected_episodes())
+        hold = commit_hold(tallies, run.commit_policy)
         record_hold(conn, run.run_id, hold)
         if hold is not None:
             log.warning("commit_held", run=run.run_id, reason=hold)

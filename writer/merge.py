@@ -14,6 +14,10 @@ Precedence (:func:`yield_to_interjections`): the plan module schedules a plan ro
 subtask start, and interjections sit on subtask starts, so on an interjection's frame the
 interjections module's refreshed plan (which reflects what the person asked) replaces the
 scheduled one: one plan row per timestamp.
+
+Episodes a run does not annotate (``--only-episodes``: the other episodes of a shard it
+rewrites) keep all their rows, in their order, whatever their owner
+(:func:`untouched_episodes`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from narrator.common.contract import LanguageRow
+from narrator.common.dataset.language import EpisodeLanguage
 from narrator.common.modules import owner_of_style
 from narrator.common.staging import StagedRow
 
@@ -62,3 +67,23 @@ def yield_to_interjections(
     where an interjection, new or kept from an earlier run, carries its own plan row)."""
     frames = set(interjection_frames)
     return [r for r in plan_rows if not (r.style == "plan" and r.frame in frames)]
+
+
+def untouched_episodes(
+    existing: Mapping[int, EpisodeLanguage],
+    shard_episodes: Collection[int],
+    annotated: Collection[int],
+) -> tuple[dict[int, list[LanguageRow]], dict[int, dict[int, list[LanguageRow]]]]:
+    """The rows of the shard's episodes outside ``annotated``, exactly as they were (same
+    rows, same order; an episode without rows gets none): what an ``--only-episodes`` run
+    writes back for the episodes it does not annotate."""
+    skip = set(annotated)
+    persistent: dict[int, list[LanguageRow]] = {}
+    events: dict[int, dict[int, list[LanguageRow]]] = {}
+    for episode in shard_episodes:
+        old = existing.get(episode)
+        if episode in skip or old is None:
+            continue
+        persistent[episode] = list(old.persistent)
+        events[episode] = {frame: list(rows) for frame, rows in old.events_by_frame.items()}
+    return persistent, events

@@ -1,8 +1,11 @@
 """``narrator annotate ROOT``: the whole pipeline on one machine (narrator.local.run).
 
 With ``--vlm-url`` it uses running servers; with ``--serve 'vllm serve MODEL ...'`` it starts
-one replica per GPU first and stops them at the end. SIGTERM and SIGHUP stop it like Ctrl-C:
-workers and writer first, the embedded Redis last; the same command again resumes.
+the replicas first (replica i on GPU group ``i % groups``, see narrator.local.serve) and stops
+them at the end. With ``--repo-id USER/NAME`` the dataset comes from the Hugging Face Hub
+(downloaded into ROOT, or into ``$HF_LEROBOT_HOME/USER/NAME`` without ROOT), and
+``--push-to-hub [REPO]`` uploads it after the commit (narrator.hub). SIGTERM and SIGHUP stop it
+like Ctrl-C: workers and writer first, the embedded Redis last; the same command again resumes.
 """
 
 from __future__ import annotations
@@ -12,35 +15,20 @@ import sys
 from pathlib import Path
 
 from narrator.cli.options import add_config_flags, config_from_args
+from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
 
-DATASET_HELP = "LeRobot v3 dataset root (the folder holding meta/ and data/)"
+DATASET_HELP = (
+    "LeRobot v3 dataset root (the folder holding meta/ and data/); with --repo-id, where the "
+    "Hub dataset is downloaded to (default: $HF_LEROBOT_HOME/USER/NAME)"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("annotate", help="annotate a dataset on this machine, end to end")
-    p.add_argument("root", type=Path, help=DATASET_HELP)
+    p.add_argument("root", type=Path, nargs="?", help=DATASET_HELP)
     add_config_flags(p, "annotate")
     g = p.add_argument_group("one machine")
-    g.add_argument(
-        "--serve",
-        metavar="COMMAND",
-        help="start vLLM replicas with this command, e.g. 'vllm serve MODEL [ARGS]' "
-        "(default: use the --vlm-url servers)",
-    )
-    g.add_argument(
-        "--replicas",
-        type=int,
-        metavar="N",
-        help="replicas for --serve (default: one per visible GPU)",
-    )
-    g.add_argument(
-        "--serve-port",
-        type=int,
-        default=8000,
-        metavar="PORT",
-        help="TCP port of the first --serve replica; replica i gets PORT+i (default: 8000)",
-    )
     g.add_argument(
         "--no-progress",
         action="store_true",
@@ -50,14 +38,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def _check(config: NarratorConfig, root: Path | None) -> None:
+    """The flag combinations no single setting can refuse; before any work."""
+    if root is None and config.hub.repo_id is None:
+        raise ConfigError(
+            "give the dataset ROOT, or --repo-id USER/NAME to download one from the Hub"
+        )
+    if not config.serve.command and not config.vlm.urls:
+        raise ConfigError("give --vlm-url URL (a running server) or --serve 'vllm serve MODEL'")
+    if config.hub.push_to_hub and config.hub.push_repo_id is None and config.hub.repo_id is None:
+        raise ConfigError(
+            "--push-to-hub needs a target: --push-to-hub USER/NAME, or --repo-id USER/NAME"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every bad flag fails here, before any work
-    if args.replicas is not None and args.replicas < 1:
-        raise ConfigError(f"--replicas must be at least 1, got {args.replicas}")
-    if not 1 <= args.serve_port <= 65535:
-        raise ConfigError(f"--serve-port must be a TCP port (1-65535), got {args.serve_port}")
-    if not args.serve and not config.vlm.urls:
-        raise ConfigError("give --vlm-url URL (a running server) or --serve 'vllm serve MODEL'")
+    _check(config, args.root)
     url = config.redis_url_value()
     if url is not None:  # a shared Redis: check it answers before anything is started
         from narrator.cli.redis_errors import connect
@@ -65,33 +62,48 @@ def run(args: argparse.Namespace) -> int:
         connect(url).close()
 
     from narrator.common.lifecycle import install_stop_handlers
+    from narrator.hub.flow import hub_client, prepare_root, push_after_run
     from narrator.local.run import AnnotateResult, annotate
-    from narrator.local.serve import ServeSpec, detect_gpus, start_replicas
 
     install_stop_handlers()
     progress = not args.no_progress
+    client = hub_client() if config.hub.repo_id or config.hub.push_to_hub else None
+    root = prepare_root(config, args.root, client, say=_say)
     result: AnnotateResult
-    if args.serve:
-        spec = ServeSpec.parse(args.serve)
-        gpus = detect_gpus()
-        replicas = args.replicas or max(len(gpus), 1)
-        last = args.serve_port + replicas - 1
-        sys.stderr.write(
-            f"narrator: starting {replicas} replica(s) of `{args.serve}` on ports "
-            f"{args.serve_port}-{last}; waiting until each answers /health (a large model "
-            "takes minutes to load)\n"
+    serve = config.serve
+    if serve.command:
+        from narrator.local.serve import ServeSpec, detect_gpus, place_replicas, start_replicas
+
+        spec = ServeSpec.parse(serve.command)
+        placement = place_replicas(detect_gpus(), serve.replicas, serve.gpus_per_replica)
+        for note in placement.notes:
+            _say(note)
+        replicas = len(placement.devices)
+        last = serve.port + replicas - 1
+        _say(
+            f"starting {replicas} replica(s) of `{serve.command}` on ports {serve.port}-{last} "
+            f"({placement.describe()}); waiting until each answers /health (a large model "
+            "takes minutes to load)"
         )
         with start_replicas(
             spec.argv,
             replicas=replicas,
-            base_port=args.serve_port,
-            gpus=gpus if len(gpus) >= replicas else None,
+            base_port=serve.port,
+            gpus=placement.devices,
+            ready_timeout_s=serve.ready_timeout_s,
         ) as group:
-            sys.stderr.write(f"narrator: replicas ready: {', '.join(group.urls)}\n")
+            _say(f"replicas ready: {', '.join(group.urls)}")
             vlm = config.vlm.model_copy(update={"urls": tuple(group.urls)})
-            result = annotate(config.model_copy(update={"vlm": vlm}), args.root, progress=progress)
+            result = annotate(config.model_copy(update={"vlm": vlm}), root, progress=progress)
     else:
-        result = annotate(config, args.root, progress=progress)
+        result = annotate(config, root, progress=progress)
     if result.exit_code == 0 and result.status is not None:
         sys.stdout.write(f"run {result.run_id} done: {result.status.files_total} shards written\n")
+        if config.hub.push_to_hub and client is not None and result.record is not None:
+            pushed = push_after_run(config, root, result.record, client, say=_say)
+            sys.stdout.write(f"pushed to {pushed.url} (revision {pushed.revision})\n")
     return result.exit_code
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(f"narrator: {line}\n")

@@ -63,6 +63,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
         options=JobOptions(job_timeout_s=config.job_timeout_s, job_retries=config.job_retries),
         policy=CommitPolicy(config.failed_items_threshold, config.allow_failed_items),
         staging_dir=config.staging_dir,
+        only_episodes=config.episode_selection(),
     )
     sys.stdout.write(summary.run_id + "\n")
     return 0

@@ -47,7 +47,19 @@ def _add(group: Any, setting: Setting) -> None:
     assert setting.flag is not None
     names = [setting.flag, *setting.flag_aliases]
     common: dict[str, Any] = {"dest": setting.dest, "help": setting.help(), "default": None}
-    if setting.kind == "bool":
+    if setting.kind == "bool" and setting.value_path is not None:
+        # A switch that may name its target: --flag, --flag VALUE, and --no-flag.
+        group.add_argument(*names, nargs="?", const=True, metavar=_metavar(setting), **common)
+        negative = "--no-" + setting.flag.removeprefix("--")
+        group.add_argument(
+            negative,
+            dest=setting.dest,
+            action="store_const",
+            const=False,
+            default=None,
+            help=f"do not {setting.flag.removeprefix('--').replace('-', ' ')} (default)",
+        )
+    elif setting.kind == "bool":
         group.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
     elif setting.kind == "choice":
         group.add_argument(*names, choices=setting.choices, **common)
@@ -91,8 +103,11 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raw = values.get(setting.dest)
         if raw is None:
             continue
-        if setting.kind == "bool":
-            value: Any = bool(raw)
+        if setting.kind == "bool" and isinstance(raw, str) and setting.value_path is not None:
+            set_path(out, setting.value_path, raw)  # --flag VALUE: the switch and its value
+            value: Any = True
+        elif setting.kind == "bool":
+            value = bool(raw)
         elif isinstance(raw, list):  # a repeated flag; each may also hold a comma list
             value = [v for text in raw for v in parse_text(setting, text, str(setting.flag))]
         else:

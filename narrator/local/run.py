@@ -35,7 +35,7 @@ from narrator.common.dataset.reader import check_language_columns, load_dataset_
 from narrator.common.job_specs import CommitPolicy, JobOptions
 from narrator.common.logging import get_logger, redact_text
 from narrator.common.prompts import load_prompts
-from narrator.common.runs import default_state_dir
+from narrator.common.runs import RunRecord, default_state_dir, load_run
 from narrator.common.state_dir import check_dataset_writable
 from narrator.local.children import spawn_role, stop_children
 from narrator.local.progress import Reporter, watch_run
@@ -43,6 +43,7 @@ from narrator.local.redis_server import LocalRedis
 from narrator.local.run_lock import RunLock
 from narrator.ops.status import RunStatus, read_status
 from narrator.producer.enqueue import enqueue_run
+from narrator.producer.selection import check_selection
 
 log = get_logger(__name__)
 
@@ -54,6 +55,7 @@ class AnnotateResult:
     run_id: str
     exit_code: int
     status: RunStatus | None
+    record: RunRecord | None = None  # the run as recorded (for --push-to-hub's dataset card)
 
 
 def resolve_model(config: NarratorConfig) -> str:
@@ -117,6 +119,9 @@ def annotate(
     root = Path(root).resolve()
     meta = load_dataset_meta(root)  # fail early, with the file and the problem
     check_language_columns(meta)  # language columns of an older schema: refuse, say which
+    selection = config.episode_selection()
+    if selection is not None:
+        check_selection(selection, meta.episodes)  # an episode it lacks: before any work
     state_dir = Path(config.state_dir or default_state_dir(root))
     staging_dir = Path(config.staging_dir or state_dir / "staging")
     check_dataset_writable(meta, staging_dir)  # read-only, or staging on another filesystem
@@ -153,11 +158,19 @@ def annotate(
             policy=CommitPolicy(config.failed_items_threshold, config.allow_failed_items),
             staging_dir=staging_dir,
             meta=meta,
+            only_episodes=selection,
         )
+        record = load_run(conn, summary.run_id)
         if summary.complete:
             log.info("run_already_complete", run=summary.run_id)
             say.say(f"run {summary.run_id} is already complete: nothing to do")
-            return AnnotateResult(summary.run_id, 0, read_status(conn, summary.run_id))
+            return AnnotateResult(summary.run_id, 0, read_status(conn, summary.run_id), record)
+        if record.selection:
+            say.say(
+                f"only episodes {','.join(record.selection)}: {record.total_episodes} "
+                f"episode(s) in {record.total_files} data file(s); the other episodes keep "
+                "their rows"
+            )
         say.say(
             f"run {summary.run_id} with model {model}: {summary.total_jobs} job(s), "
             f"{summary.already_done} already done; {summary.enqueued} enqueued now (each plan "
@@ -198,5 +211,5 @@ def annotate(
             # (a pool of threaded workers takes seconds to wind down): exit promptly. The
             # writer keeps the full grace to finish its post-commit cleanup.
             stop_children(children, grace_by_name={"worker": COMMITTED_STOP_GRACE_S})
-        return AnnotateResult(summary.run_id, code, status)
+        return AnnotateResult(summary.run_id, code, status, record)
     raise AssertionError("unreachable")  # pragma: no cover

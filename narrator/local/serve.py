@@ -1,16 +1,20 @@
-"""``--serve``: start vLLM replicas as child processes, one per GPU, and stop them at the end.
+"""``--serve``: start vLLM replicas as child processes, one per GPU group, and stop them at the end.
 
 :meth:`ServeSpec.parse` splits the user's command (``"vllm serve MODEL [ARGS]"``) with
-:mod:`shlex`; :func:`start_replicas` runs one child per replica with that argv plus
-``--port BASE+i`` (and ``--host 127.0.0.1`` unless the command names a host), waits until each
-answers ``GET /health`` or ``GET /v1/models`` with 200, and returns a :class:`ReplicaGroup`.
+:mod:`shlex`; :func:`place_replicas` (pure) decides which GPUs each replica sees;
+:func:`start_replicas` runs one child per replica with that argv plus ``--port BASE+i`` (and
+``--host 127.0.0.1`` unless the command names a host), waits until each answers ``GET
+/health`` or ``GET /v1/models`` with 200, and returns a :class:`ReplicaGroup`.
 
 Invariants:
 
 * No shell, ever: the argv goes to :class:`subprocess.Popen` as a list, so ``$(...)``, ``;``
   and quotes in the command stay literal arguments.
-* Replica ``i`` sees ``CUDA_VISIBLE_DEVICES=gpus[i]`` (default: ``i``); an entry may list
-  several devices (``"0,1"``) for tensor-parallel replicas.
+* Placement: the visible GPUs are cut, in order, into ``len(gpus) // gpus_per_replica``
+  disjoint groups; replica ``i`` sees group ``i % groups`` as ``CUDA_VISIBLE_DEVICES``
+  (``"0,1"`` for a tensor-parallel replica), so more replicas than groups share GPUs and no
+  replica is ever pointed at a GPU that is not there. With no GPU visible (no
+  ``CUDA_VISIBLE_DEVICES``, no ``nvidia-smi``) the children inherit the environment as is.
 * Each child leads its own process group; :meth:`ReplicaGroup.stop` sends SIGTERM to every
   group, waits ``stop_grace_s``, then SIGKILLs what is left. It is idempotent and also runs
   when start-up fails, so no replica outlives a failed start. On Linux each replica also
@@ -102,6 +106,66 @@ def detect_gpus(env: Mapping[str, str] | None = None) -> list[str]:
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which devices each replica sees: ``devices[i]`` is replica i's ``CUDA_VISIBLE_DEVICES``
+    (None: left as the environment has it), and what the user should know about it."""
+
+    devices: tuple[str | None, ...]
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if all(d is None for d in self.devices):
+            return "no GPU detected: CUDA_VISIBLE_DEVICES left as it is"
+        return ", ".join(f"replica {i} on GPU {d}" for i, d in enumerate(self.devices))
+
+
+def place_replicas(
+    gpus: Sequence[str], replicas: int | None, gpus_per_replica: int = 1
+) -> Placement:
+    """Replicas on the visible ``gpus`` (see the module docstring); pure.
+
+    ``replicas`` None means one per GPU group (at least one). Raises ConfigError when a
+    replica needs more GPUs than are visible.
+    """
+    if gpus_per_replica < 1:
+        raise ConfigError(f"--gpus-per-replica must be at least 1, got {gpus_per_replica}")
+    if replicas is not None and replicas < 1:
+        raise ConfigError(f"--replicas must be at least 1, got {replicas}")
+    if not gpus:
+        unplaced = (
+            [f"no GPU detected (no CUDA_VISIBLE_DEVICES, no nvidia-smi): --gpus-per-replica "
+             f"{gpus_per_replica} cannot be applied"]
+            if gpus_per_replica > 1
+            else []
+        )  # fmt: skip
+        return Placement((None,) * (replicas or 1), tuple(unplaced))
+    if gpus_per_replica > len(gpus):
+        raise ConfigError(
+            f"--gpus-per-replica {gpus_per_replica} needs at least {gpus_per_replica} GPUs; "
+            f"{len(gpus)} are visible ({','.join(gpus)}): lower it or make more GPUs visible "
+            "(CUDA_VISIBLE_DEVICES)"
+        )
+    groups = [
+        ",".join(gpus[k * gpus_per_replica : (k + 1) * gpus_per_replica])
+        for k in range(len(gpus) // gpus_per_replica)
+    ]
+    count = replicas or len(groups)
+    notes: list[str] = []
+    unused = gpus[len(groups) * gpus_per_replica :]
+    if unused:
+        notes.append(
+            f"GPU(s) {','.join(unused)} left unused: {len(gpus)} GPUs do not divide into "
+            f"groups of {gpus_per_replica}"
+        )
+    if count > len(groups):
+        notes.append(
+            f"{count} replicas on {len(groups)} GPU group(s): replicas share GPUs (give each "
+            "a share of the memory, e.g. --gpu-memory-utilization in the --serve command)"
+        )
+    return Placement(tuple(groups[i % len(groups)] for i in range(count)), tuple(notes))
+
+
 @dataclass
 class ChildReplica:
     index: int
@@ -179,7 +243,7 @@ class ReplicaGroup:
                 first = pending[0]
                 raise ReplicaStartError(
                     f"replica {first.index} did not answer {first.url}/health within "
-                    f"{timeout_s:.0f}s (raise the ready timeout for large models); its last "
+                    f"{timeout_s:g}s (raise --serve-ready-timeout for large models); its last "
                     f"output:\n{first.last_lines()}"
                 )
             if pending:
@@ -227,7 +291,7 @@ def start_replicas(
     *,
     replicas: int,
     base_port: int,
-    gpus: Sequence[str] | None = None,
+    gpus: Sequence[str | None] | None = None,
     host: str = "127.0.0.1",
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     stop_grace_s: float = DEFAULT_STOP_GRACE_S,
@@ -235,12 +299,18 @@ def start_replicas(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> ReplicaGroup:
-    """Start ``replicas`` children of ``command_argv`` and wait until all are ready."""
+    """Start ``replicas`` children of ``command_argv`` and wait until all are ready.
+
+    ``gpus[i]`` is replica i's ``CUDA_VISIBLE_DEVICES`` (None: inherited; see
+    :func:`place_replicas`); without ``gpus``, replica i gets device ``i``.
+    """
     if replicas < 1:
         raise ConfigError("--serve needs at least one replica")
     if not command_argv:
         raise ConfigError("--serve needs a command, e.g. vllm serve MODEL")
-    devices = list(gpus) if gpus is not None else [str(i) for i in range(replicas)]
+    devices: list[str | None] = (
+        list(gpus) if gpus is not None else [str(i) for i in range(replicas)]
+    )
     if len(devices) < replicas:
         raise ConfigError(f"{replicas} replicas need {replicas} GPU entries, got {devices}")
     if base_port < 1 or base_port + replicas - 1 > 65535:
@@ -250,7 +320,10 @@ def start_replicas(
     try:
         for index in range(replicas):
             argv = replica_argv(command_argv, base_port + index, host)
-            child_env = {**base_env, "CUDA_VISIBLE_DEVICES": devices[index]}
+            device = devices[index]
+            child_env = dict(base_env)
+            if device is not None:
+                child_env["CUDA_VISIBLE_DEVICES"] = device
             try:
                 process = subprocess.Popen(
                     argv,

@@ -132,7 +132,8 @@ def read_status(conn: redis.Redis, run_id: str) -> RunStatus:
                 exc = (info.exc_string if info is not None else None) or ""
                 reason = exc.strip().splitlines()[-1] if exc.strip() else "unknown"
             failed.append(FailedJob(job_id, queue.name, reason))
-    records = read_failure_records(conn, run_id, run.module_hashes)
+    selected = run.selected_episodes()
+    records = read_failure_records(conn, run_id, run.module_hashes, selected)
     kinds: Counter[str] = Counter(str(r["kind"]) for r in records)
     writer_errors = {
         text(k) or "": orjson.loads(v) for k, v in conn.hgetall(keys.writer_errors(run_id)).items()
@@ -154,7 +155,7 @@ def read_status(conn: redis.Redis, run_id: str) -> RunStatus:
         writer_errors=writer_errors,
         counters=counters,
         elapsed_s=max(time.time() - run.created_at, 0.0),
-        item_tallies=read_tallies(conn, run_id, run.module_hashes),
+        item_tallies=read_tallies(conn, run_id, run.module_hashes, selected),
         failed_items=records,
         commit_hold=None if committed else read_hold(conn, run_id),
     )
@@ -184,11 +185,25 @@ def read_replica_states(conn: redis.Redis) -> dict[str, dict[str, Any]]:
     return out
 
 
+def selection_text(run: RunRecord) -> str:
+    """Which episodes the run annotates, as ``status`` shows it."""
+    if not run.selection:
+        return f"all {run.total_episodes} in {run.total_files} file(s)"
+    return (
+        f"only {','.join(run.selection)} ({run.total_episodes} episode(s) in "
+        f"{run.total_files} file(s); the others keep their rows)"
+    )
+
+
 def format_status(status: RunStatus) -> str:
     run = status.run
+    settings = run.settings
     lines = [
         f"run {run.run_id}  state: {status.state}  dataset: {run.root}",
         f"model: {run.model}  generation: {run.generation}",
+        f"episodes: {selection_text(run)}",
+        f"requests: temperature {settings.temperature:g}  max_tokens {settings.max_tokens}  "
+        f"seed {settings.seed}  reasoning_effort {settings.reasoning_effort or 'unset'}",
     ]
     for module, (done, total) in status.modules.items():
         lines.append(f"  {module:<14} {done:>7}/{total:<7} episodes")

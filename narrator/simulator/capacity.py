@@ -131,6 +131,7 @@ class ServerStats:
     dropped: int = 0
     hung: int = 0
     ignored_fields: Counter[str] = field(default_factory=Counter)
+    request_options: Counter[str] = field(default_factory=Counter)  # see ChatRequest.options
     first_arrival: float | None = None
     last_end: float | None = None
     timeline: list[TimelineEntry] = field(default_factory=list)
@@ -192,6 +193,7 @@ class ServerStats:
             "dropped": self.dropped,
             "hung": self.hung,
             "ignored_fields": dict(self.ignored_fields),
+            "request_options": dict(self.request_options),
             "first_request_s": None
             if self.first_arrival is None
             else round(self.first_arrival - self.reset_at, 6),

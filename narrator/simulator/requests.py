@@ -9,7 +9,8 @@ server by ``make conformance``, see docs/CONFORMANCE.md):
   :attr:`ChatRequest.ignored_fields` so the server can count them and tests can assert that
   narrator sends none;
 * a body that fails vLLM's pydantic validation (not JSON, wrong JSON type of a field, an
-  unknown ``response_format`` type, a ``json_schema`` without ``name``) is 400 with type
+  unknown ``response_format`` type, a ``json_schema`` without ``name``, a ``reasoning_effort``
+  outside vLLM's values) is 400 with type
   ``Bad Request`` and ``param`` ``body.<field>``; semantic errors (``max_tokens`` < 1 or above
   ``max_model_len``, ``temperature`` outside [0, 2], a prompt longer than ``max_model_len``,
   no messages) are 400 ``BadRequestError`` with vLLM's message; another model is 404;
@@ -109,6 +110,7 @@ ACCEPTED_FIELDS = frozenset(
     }
 )
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema", "structural_tag"})
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 ERROR_TYPES = {
     400: "BadRequestError",
     401: "AuthenticationError",
@@ -158,6 +160,9 @@ class ChatRequest:
     ignored_fields: tuple[str, ...] = ()  # unknown top-level fields, accepted and ignored
     first_image: np.ndarray | None = field(default=None, repr=False, compare=False)
     format_type: str = "none"  # response_format.type as sent ("none" without one)
+    # The sampling options as sent ("temperature=0.2", "max_tokens=64", "seed",
+    # "reasoning_effort=low"): counted by the server so tests can see what a client sent.
+    options: tuple[str, ...] = ()
 
     def text(self) -> str:
         """The text parts of the messages, joined (what the prompt says)."""
@@ -381,6 +386,19 @@ def _schema_of(body: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     return None, "none"
 
 
+def _sent_options(
+    temperature: float, max_tokens: int | None, seed: int | None, effort: str | None, sent: bool
+) -> tuple[str, ...]:
+    options = [f"temperature={float(temperature):g}"] if sent else []
+    if max_tokens is not None:
+        options.append(f"max_tokens={max_tokens}")
+    if seed is not None:
+        options.append("seed")
+    if effort is not None:
+        options.append(f"reasoning_effort={effort}")
+    return tuple(options)
+
+
 def parse_chat_request(
     body: Any,
     *,
@@ -424,6 +442,12 @@ def parse_chat_request(
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _invalid_body("seed", "Input should be a valid integer")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        choices = ", ".join(f"'{e}'" for e in REASONING_EFFORTS[:-1])
+        raise _invalid_body(
+            "reasoning_effort", f"Input should be {choices} or '{REASONING_EFFORTS[-1]}'"
+        )
     n = _optional_int(body, "n", 1) or 1
     schema, schema_name = _schema_of(body)
     contents = _messages(body.get("messages"))
@@ -447,6 +471,7 @@ def parse_chat_request(
         ignored_fields=ignored,
         first_image=decoded[0].pixels if keep else None,
         format_type=str((body.get("response_format") or {}).get("type") or "none"),
+        options=_sent_options(temperature, max_tokens, seed, effort, "temperature" in body),
     )
     prompt_tokens = request.prompt_tokens(image_tokens)
     if prompt_tokens > max_model_len:

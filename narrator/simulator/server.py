@@ -344,6 +344,7 @@ class SimServer:
                 config.faults.refuse_json_schema_status, "Input should be 'text' or 'json_object'"
             )
         self.stats.by_schema[chat.schema_name] += 1
+        self.stats.request_options.update(chat.options)
         self.stats.images += len(chat.image_sizes)
         if config.faults.latency_s > 0:
             await asyncio.sleep(config.faults.latency_s)

@@ -88,6 +88,9 @@ SPECIAL_VALUES: dict[tuple[str, ...], Any] = {
     ("annotation", "vqa", "question_types"): ["bbox", "count"],
     ("log_level",): "debug",
     ("log_format",): "json",
+    ("only_episodes",): ["3-5", "7"],
+    ("hub", "repo_id"): "someone/dataset",
+    ("hub", "push_repo_id"): "someone/dataset-annotated",
 }
 
 

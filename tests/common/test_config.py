@@ -87,3 +87,40 @@ def test_secrets_never_appear_in_repr() -> None:
     assert "hunter2" not in shown and "sk-secret" not in shown
     assert config.redis_url_value() == "redis://:hunter2@h:6379/0"
     assert isinstance(config, NarratorConfig)
+
+
+def test_only_episodes_takes_indices_and_ranges_in_every_spelling(tmp_path: Path) -> None:
+    flags = load_config({"only_episodes": ["10-20", "7", "3", "8"]}, env={})
+    assert flags.only_episodes == ("3", "7-8", "10-20")  # one canonical spelling
+    assert flags.episode_selection() == frozenset({3, 7, 8, *range(10, 21)})
+    env = load_config(env={"NARRATOR_ONLY_EPISODES": "7,3,8,10-20"})
+    yaml_path = tmp_path / "n.yaml"
+    yaml_path.write_text("only_episodes: [3, 7, 8, '10-20']\n")
+    assert env.only_episodes == flags.only_episodes
+    assert load_config(env={}, yaml_path=yaml_path).only_episodes == flags.only_episodes
+    assert load_config(env={}).episode_selection() is None  # every episode
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        (["3", "x"], "'x' is not an episode index or range"),
+        (["9-4"], "'9-4' is not a range"),
+        (["-2"], "is not an episode index or range"),
+        (["1.5"], "is not an episode index or range"),
+    ],
+)
+def test_bad_episode_selections_name_the_flag(spec: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"only_episodes": spec}, env={})
+    assert "--only-episodes / NARRATOR_ONLY_EPISODES" in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("repo", ["nameonly", "a/b/c", "/x", "user/ name"])
+def test_hub_repo_ids_are_user_slash_name(repo: str) -> None:
+    with pytest.raises(ConfigError, match="write it as USER/NAME"):
+        load_config({"hub": {"repo_id": repo}}, env={})
+    assert load_config({"hub": {"repo_id": " lerobot/pusht "}}, env={}).hub.repo_id == (
+        "lerobot/pusht"
+    )

@@ -11,7 +11,7 @@ import pytest
 
 from narrator.common.config import AnnotationSettings, PlanSettings, VQASettings
 from narrator.common.prompts import load_prompts
-from narrator.common.runs import compute_module_hashes
+from narrator.common.runs import compute_module_hashes, generation_of
 
 PROMPTS = load_prompts()
 
@@ -55,3 +55,21 @@ def test_vqa_camera_settings_recompute_vqa_only(name: str, value: object) -> Non
     changed = _hashes(AnnotationSettings(vqa=VQASettings(**{name: value})))  # type: ignore[arg-type]
     assert changed["vqa"] != base["vqa"]
     assert changed["plan"] == base["plan"] and changed["interjections"] == base["interjections"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("temperature", 0.7), ("max_tokens", 300), ("seed", 5), ("reasoning_effort", "low")],
+)
+def test_request_options_recompute_every_module(name: str, value: object) -> None:
+    base = _hashes(AnnotationSettings())
+    changed = _hashes(AnnotationSettings(**{name: value}))  # type: ignore[arg-type]
+    assert all(changed[m] != base[m] for m in base), name
+
+
+def test_the_episode_selection_names_another_generation_not_other_answers() -> None:
+    hashes = _hashes(AnnotationSettings())
+    whole = generation_of(hashes)
+    assert generation_of(hashes, ("3", "7", "10-20")) != whole
+    assert generation_of(hashes, ("3", "7", "10-20")) != generation_of(hashes, ("3",))
+    assert generation_of(hashes, ()) == whole

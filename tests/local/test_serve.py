@@ -18,6 +18,7 @@ from narrator.local.serve import (
     ReplicaStartError,
     ServeSpec,
     detect_gpus,
+    place_replicas,
     replica_argv,
     start_replicas,
 )
@@ -217,3 +218,49 @@ def test_child_ignoring_sigterm_is_killed_after_grace(tmp_path: Path) -> None:
 def test_missing_executable_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ReplicaStartError, match="cannot run"):
         start_replicas([str(tmp_path / "no-such-vllm"), "serve", "m"], replicas=1, base_port=20000)
+
+
+# --- placement: which GPUs each replica sees ------------------------------------------------
+
+
+def test_more_replicas_than_gpus_wrap_around_the_visible_gpus() -> None:
+    placement = place_replicas(["0", "1"], 3)
+    assert placement.devices == ("0", "1", "0")
+    assert any("share GPUs" in note for note in placement.notes)
+    assert place_replicas(["4", "7"], None).devices == ("4", "7")  # one per GPU by default
+
+
+def test_gpus_per_replica_gives_each_replica_a_disjoint_group() -> None:
+    assert place_replicas(["0", "1", "2", "3"], None, 2).devices == ("0,1", "2,3")
+    three = place_replicas(["0", "1", "2", "3", "4"], 3, 2)
+    assert three.devices == ("0,1", "2,3", "0,1")
+    assert any("4 left unused" in note for note in three.notes)
+    with pytest.raises(ConfigError, match="needs at least 4 GPUs; 2 are visible"):
+        place_replicas(["0", "1"], None, 4)
+
+
+def test_without_visible_gpus_the_environment_is_left_alone() -> None:
+    assert place_replicas([], None).devices == (None,)
+    placement = place_replicas([], 2, 2)
+    assert placement.devices == (None, None)
+    assert "cannot be applied" in placement.notes[0]
+
+
+def test_placed_replicas_see_their_group_and_unplaced_ones_inherit(tmp_path: Path) -> None:
+    base = consecutive_free_ports(3)
+    placement = place_replicas(["0", "1"], 3)
+    with start_replicas(
+        fake_command(tmp_path), replicas=3, base_port=base, gpus=placement.devices, poll_s=0.05
+    ):
+        seen = [
+            json.loads((tmp_path / f"replica-{base + i}.json").read_text())["cuda_visible_devices"]
+            for i in range(3)
+        ]
+    assert seen == ["0", "1", "0"]
+    base = consecutive_free_ports(1)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "inherited-7"}
+    with start_replicas(
+        fake_command(tmp_path), replicas=1, base_port=base, gpus=[None], env=env, poll_s=0.05
+    ):
+        record = json.loads((tmp_path / f"replica-{base}.json").read_text())
+    assert record["cuda_visible_devices"] == "inherited-7"

@@ -107,6 +107,17 @@ async def test_unknown_top_level_fields_are_accepted_and_ignored(fleet: AsyncFle
     assert fleet.stats(0)["ignored_fields"] == {"foo": 1, "temperatur": 1}
 
 
+async def test_sampling_options_are_counted_as_sent(fleet: AsyncFleet) -> None:
+    status, _, _ = await call(
+        fleet.urls[0], CHAT, text_body(temperature=0.7, seed=5, reasoning_effort="low")
+    )
+    assert status == 200
+    options = fleet.stats(0)["request_options"]
+    assert options["temperature=0.7"] == 1 and options["seed"] == 1
+    assert options["reasoning_effort=low"] == 1
+    assert not fleet.stats(0)["ignored_fields"]  # vLLM takes reasoning_effort
+
+
 async def test_any_role_is_handed_on_like_vllm(fleet: AsyncFleet) -> None:
     body = text_body(messages=[{"role": "robot", "content": "hello"}])
     assert (await call(fleet.urls[0], CHAT, body))[0] == 200
@@ -228,6 +239,12 @@ async def test_fastapi_level_errors_are_detail_bodies(fleet: AsyncFleet) -> None
             "max_tokens must be at least 1, got 0",
         ),
         ({"messages": []}, None, "BadRequestError", "Cannot apply chat template to an empty"),
+        (
+            {"reasoning_effort": "extreme"},
+            "body.reasoning_effort",
+            "Bad Request",
+            "Input should be 'none', 'minimal', 'low', 'medium', 'high', 'xhigh' or 'max'",
+        ),
     ],
 )
 async def test_error_bodies_have_vllm_types_and_params(

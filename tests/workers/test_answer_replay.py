@@ -45,6 +45,7 @@ def test_request_key_covers_what_changes_the_answer() -> None:
         {"temperature": 0.0},
         {"max_tokens": 65},
         {"chat_template_kwargs": {"enable_thinking": False}},
+        {"reasoning_effort": "low"},
     ):
         assert request_key(_request(**change)) != key, change
 

@@ -3,6 +3,8 @@ json_schema, the json_object body, error messages of the servers seen in the wil
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
@@ -108,3 +110,13 @@ def test_json_object_body_carries_the_schema_in_the_last_user_turn() -> None:
 )
 def test_error_messages_of_the_servers_seen(raw: bytes, message: str) -> None:
     assert error_message(raw) == message
+
+
+def test_reasoning_effort_is_sent_only_when_set() -> None:
+    plain = request([{"role": "user", "content": "count"}])
+    assert "reasoning_effort" not in chat_body(plain)
+    body = chat_body(dataclasses.replace(plain, reasoning_effort="low"))
+    assert body["reasoning_effort"] == "low"
+    assert (body["temperature"], body["max_tokens"], body["seed"]) == (0.0, 64, 3)
+    fallback = chat_body(dataclasses.replace(plain, reasoning_effort="high"), "json_object")
+    assert fallback["reasoning_effort"] == "high"

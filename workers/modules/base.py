@@ -89,6 +89,7 @@ class EpisodeContext:
             temperature=settings.temperature,
             seed=self.seed_for(module, item),
             chat_template_kwargs=settings.chat_template_kwargs,
+            reasoning_effort=settings.reasoning_effort,
             on_chain=on_chain,
         )
 
