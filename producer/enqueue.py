@@ -127,7 +127,8 @@ def enqueue_run(
     pipe.execute()
     record_hold(conn, run_id, None)
 
-    outcome = schedule_run(conn, record, meta.files)
+    lengths = {e: ep.length for e, ep in meta.episodes.items()}
+    outcome = schedule_run(conn, record, meta.files, lengths)
     summary.already_done = len(outcome.done)
     summary.enqueued = outcome.enqueued
     summary.already_active = outcome.already_active
