@@ -280,8 +280,14 @@ class AsyncJobWorker(SimpleWorker):
         :class:`PermanentError` is not retried, a stopped job is STOPPED)."""
         job, queue, execution = claim.job, claim.queue, claim.execution
         if exc_info is None:
-            self._finalize_success(job, queue, execution, value)
-            return
+            try:
+                self._finalize_success(job, queue, execution, value)
+                return
+            except redis.RedisError:
+                raise
+            except Exception:  # e.g. a result the serializer refuses: a failure, as in rq
+                exc_info = sys.exc_info()  # type: ignore[assignment]
+                assert exc_info is not None
         if isinstance(exc_info[1], PermanentError):
             job.retries_left = 0
         with self._lock:

@@ -229,8 +229,14 @@ class WorkerRuntime:
             self.held[claim.job.id] = held
             runner = asyncio.create_task(self._supervise(held))
         self._runners.add(runner)
-        runner.add_done_callback(self._runners.discard)
+        runner.add_done_callback(self._runner_done)
         self._publish_counts()
+
+    def _runner_done(self, runner: asyncio.Task[None]) -> None:
+        self._runners.discard(runner)
+        if not runner.cancelled() and runner.exception() is not None:
+            exc = runner.exception()
+            log.error("job_settle_failed", error=repr(exc), exc_info=exc)
 
     # --- one job -------------------------------------------------------------------------
 
