@@ -50,7 +50,8 @@ VLM_SERVER_REQUESTS = Gauge(
 )
 WORKER_JOBS = Gauge(
     "narrator_worker_jobs",
-    "Episode jobs the worker processes hold, by state (busy: a VLM request in progress)",
+    "Episode jobs the worker processes hold, by state (starting: no VLM request sent yet; "
+    "busy: a request in progress; between: between two requests)",
     ["state"],
     multiprocess_mode="livesum",
 )

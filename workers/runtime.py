@@ -73,6 +73,7 @@ class CapacitySignal(Protocol):
 class HeldJob:
     claim: Claim
     in_progress: int = 0  # VLM requests of this job now in progress
+    asked: bool = False  # it sent a request
     work: asyncio.Task[Any] | None = None
     handing_back: bool = False
     stopped: bool = False  # rq's stop-execution command
@@ -127,6 +128,7 @@ class WorkerRuntime:
         self.stop_grace_s = stop_grace_s
         self.held: dict[str, HeldJob] = {}  # job id -> held job (the loop's thread only)
         self.busy = 0  # held jobs with a request in progress
+        self.starting = 0  # held jobs that have not sent a request yet
         self.in_progress = 0  # requests of held jobs in progress
         self.per_job = RequestsPerJob()
         self._capacity = ctx.client if isinstance(ctx.client, CapacitySignal) else None
@@ -176,9 +178,7 @@ class WorkerRuntime:
     def view(self) -> IntakeView:
         per_job = self.per_job.observe(self.in_progress, self.busy)
         spare = self._capacity.spare_capacity() if self._capacity is not None else None
-        return IntakeView(
-            held=len(self.held), quiet=len(self.held) - self.busy, spare=spare, per_job=per_job
-        )
+        return IntakeView(held=len(self.held), starting=self.starting, spare=spare, per_job=per_job)
 
     async def _intake(self) -> None:
         backoff = 0.5
@@ -227,6 +227,7 @@ class WorkerRuntime:
             job_ctx = self.ctx.with_client(TrackedVLM(self.ctx.client, held, self._requests))
             held.work = asyncio.create_task(self._perform(claim, job_ctx), name=claim.job.id)
             self.held[claim.job.id] = held
+            self.starting += 1
             runner = asyncio.create_task(self._supervise(held))
         self._runners.add(runner)
         runner.add_done_callback(self._runner_done)
@@ -306,6 +307,9 @@ class WorkerRuntime:
         """A request of ``held`` started (+1) or ended (-1)."""
         if self.held.get(held.claim.job.id) is not held:
             return  # the job is gone (a request of a cancelled job still unwinding)
+        if not held.asked:
+            held.asked = True
+            self.starting -= 1
         before = held.in_progress
         held.in_progress += delta
         self.in_progress += delta
@@ -317,6 +321,8 @@ class WorkerRuntime:
     def _forget(self, held: HeldJob) -> None:
         if self.held.get(held.claim.job.id) is held:
             del self.held[held.claim.job.id]
+            if held.work is not None and not held.asked:
+                self.starting -= 1
             if held.in_progress:  # a request outlived its job (cancelled, still unwinding)
                 self.busy -= 1
                 self.in_progress -= held.in_progress
@@ -363,8 +369,9 @@ class WorkerRuntime:
         self._changed.clear()
 
     def _publish_counts(self) -> None:
+        WORKER_JOBS.labels(state="starting").set(self.starting)
         WORKER_JOBS.labels(state="busy").set(self.busy)
-        WORKER_JOBS.labels(state="quiet").set(len(self.held) - self.busy)
+        WORKER_JOBS.labels(state="between").set(len(self.held) - self.busy - self.starting)
 
     def _beat_forever(self) -> None:
         beats = self._beats

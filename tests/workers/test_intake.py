@@ -10,34 +10,36 @@ from narrator.workers.intake import IntakeLimits, IntakeView, RequestsPerJob, jo
 LIMITS = IntakeLimits(min_jobs=16, max_jobs=1024)
 
 
-def take(held: int, quiet: int, spare: int | None, per_job: float = 1.0) -> int:
-    return jobs_to_take(IntakeView(held, quiet, spare, per_job), LIMITS)
+def take(held: int, starting: int, spare: int | None, per_job: float = 1.0) -> int:
+    return jobs_to_take(IntakeView(held, starting, spare, per_job), LIMITS)
 
 
 def test_at_the_start_it_takes_enough_jobs_to_cover_the_spare_capacity() -> None:
-    assert take(held=0, quiet=0, spare=64) == 64  # 4 replicas x the initial limit of 16
-    assert take(held=0, quiet=0, spare=64, per_job=4.0) == 16  # the floor
-    assert take(held=0, quiet=0, spare=640, per_job=1.75) == 366
+    assert take(held=0, starting=0, spare=64) == 64  # 4 replicas x the initial limit of 16
+    assert take(held=0, starting=0, spare=64, per_job=4.0) == 16  # the floor
+    assert take(held=0, starting=0, spare=640, per_job=1.75) == 366
 
 
 def test_jobs_that_have_not_sent_their_requests_yet_count_against_the_spare_capacity() -> None:
     # 64 jobs just taken, none has asked anything yet: take no more.
-    assert take(held=64, quiet=64, spare=64) == 0
+    assert take(held=64, starting=64, spare=64) == 0
     # half of them asked; 32 are still expected to.
-    assert take(held=64, quiet=32, spare=96) == 64
-    assert take(held=64, quiet=32, spare=96, per_job=2.0) == 16
+    assert take(held=64, starting=32, spare=96) == 64
+    assert take(held=64, starting=32, spare=96, per_job=2.0) == 16
+    # All asked; room left (jobs between two requests do not hold it back): take more.
+    assert take(held=64, starting=0, spare=20) == 20
 
 
 def test_a_full_fleet_stops_the_intake_but_not_below_the_floor() -> None:
-    assert take(held=300, quiet=0, spare=0) == 0
-    assert take(held=3, quiet=0, spare=0) == 13  # jobs_per_worker is the floor
-    assert take(held=3, quiet=3, spare=None) == 13  # no capacity signal: a fixed pool
-    assert take(held=16, quiet=0, spare=None) == 0
+    assert take(held=300, starting=0, spare=0) == 0
+    assert take(held=3, starting=0, spare=0) == 13  # jobs_per_worker is the floor
+    assert take(held=3, starting=3, spare=None) == 13  # no capacity signal: a fixed pool
+    assert take(held=16, starting=0, spare=None) == 0
 
 
 def test_never_more_than_the_cap() -> None:
-    assert take(held=1000, quiet=0, spare=500) == 24
-    assert take(held=1024, quiet=0, spare=500) == 0
+    assert take(held=1000, starting=0, spare=500) == 24
+    assert take(held=1024, starting=0, spare=500) == 0
     small = IntakeLimits(min_jobs=4, max_jobs=4)
     assert jobs_to_take(IntakeView(2, 0, 1000, 1.0), small) == 2
 
@@ -47,7 +49,7 @@ def test_limits_are_checked() -> None:
         IntakeLimits(min_jobs=8, max_jobs=4)
 
 
-def test_requests_per_job_follows_the_busy_jobs_and_ignores_quiet_moments() -> None:
+def test_requests_per_job_follows_the_busy_jobs_and_ignores_idle_moments() -> None:
     estimate = RequestsPerJob(weight=0.5)
     assert estimate.value == 1.0
     assert estimate.observe(in_progress=8, busy_jobs=2) == 2.5  # halfway to 4
