@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from narrator.common import config_surface as surface
 from narrator.common.config_surface import (
@@ -606,11 +614,31 @@ class NarratorConfig(_Model):
     workers: Annotated[int, Surface(commands=frozenset({ANNOTATE, WORKER}))] = Field(
         default=2, ge=1, le=256, description="worker processes"
     )
-    # 16: a job keeps about 1.75 requests in flight on average (its requests are partly
-    # sequential), so 2 processes x 16 jobs keep ~56 requests at the replicas, enough to fill
-    # ~45 slots; 2 x 4 left 16 slots only 90% busy (tests/bench/bench_saturation.py).
+    # A worker process holds its jobs as coroutines on one loop and takes more while the VLM
+    # fleet has spare capacity (workers/intake.py): jobs_per_worker is the floor it keeps
+    # while work is queued (jobs spend part of their time on the CPU), max_jobs_per_worker
+    # the ceiling. A job keeps ~1.75 requests in flight, so filling 4 x 128 slots (x1.25,
+    # the adaptive limit's target) takes some 350 jobs across the processes.
     jobs_per_worker: Annotated[int, Surface(commands=frozenset({ANNOTATE, WORKER}))] = Field(
-        default=16, ge=1, le=64, description="jobs one worker process runs at once, 1-64"
+        default=16,
+        ge=1,
+        le=64,
+        description="jobs one worker process holds at least while work is queued, 1-64 (it "
+        "takes more while the VLM fleet has room, up to max_jobs_per_worker)",
+    )
+    max_jobs_per_worker: Annotated[int, Surface(commands=frozenset({ANNOTATE, WORKER}))] = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="most jobs one worker process holds at once (a cap on its memory; "
+        "beyond jobs_per_worker it takes jobs only while the VLM fleet has spare capacity)",
+    )
+    stop_grace_s: Annotated[float, Surface(commands=frozenset({WORKER}))] = Field(
+        default=3.0,
+        ge=0,
+        le=86_400,
+        description="seconds a worker stopped by SIGTERM/SIGINT lets its running jobs finish "
+        "before it hands the rest back to the front of the queue (no retry used)",
     )
     frame_processes: Annotated[int | None, Surface(commands=_RUNS_WORKERS)] = Field(
         default=None,
@@ -705,6 +733,14 @@ class NarratorConfig(_Model):
             raise ValueError("must start with redis://, rediss:// or unix://")
         if parts.scheme != "unix" and port is not None and not 0 < port < 65536:
             raise ValueError("the port must be 1-65535")
+        return v
+
+    @field_validator("max_jobs_per_worker")
+    @classmethod
+    def _at_least_the_floor(cls, v: int, info: ValidationInfo) -> int:
+        floor = info.data.get("jobs_per_worker")
+        if floor is not None and v < floor:
+            raise ValueError(f"must be at least jobs_per_worker ({floor})")
         return v
 
     @field_validator("log_level", mode="before")

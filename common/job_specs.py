@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from narrator.common import keys
+from narrator.common.modules import SPECS, spec
 
 MODULE_JOB = "narrator.workers.jobs.run_module"
 FINALIZE_JOB = "narrator.writer.finalize.finalize_file"
@@ -52,6 +53,16 @@ class JobOptions:
         so the list is cut to the retry count: one retry waits the first interval, not the last.
         """
         return list(self.retry_intervals_s[: self.job_retries])
+
+
+def on_chain(module: str) -> bool:
+    """Is ``module`` on a dependency chain of the job graph (it needs a module, or a module
+    needs it: plan -> interjections)? Such jobs are long serial chains of requests (the plan's
+    memory chain, then the episode's interjections), so they are taken before independent work
+    (vqa, all of whose requests go out at once): the producer enqueues them first, the job
+    that unblocks one puts it at the front of the queue, and rq retries them at the front.
+    Otherwise the end of a run would be a serial tail that no number of slots shortens."""
+    return bool(spec(module).needs) or any(module in s.needs for s in SPECS)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,13 @@ VLM_SERVER_REQUESTS = Gauge(
     ["replica", "state"],
     multiprocess_mode="livemax",
 )
+WORKER_JOBS = Gauge(
+    "narrator_worker_jobs",
+    "Episode jobs the worker processes hold, by state (starting: no VLM request sent yet; "
+    "busy: a request in progress; between: between two requests)",
+    ["state"],
+    multiprocess_mode="livesum",
+)
 VLM_HEDGES = Counter(
     "narrator_vlm_hedges_total",
     "Requests re-sent to a second replica because the first was slow, by which answered",

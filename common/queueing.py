@@ -33,6 +33,7 @@ from narrator.common.job_specs import (
     FinalizeJob,
     JobOptions,
     ModuleJob,
+    on_chain,
 )
 from narrator.common.rq_internals import discard_job, fetch_jobs, live_flags
 
@@ -60,7 +61,8 @@ def module_job_data(job: ModuleJob, options: JobOptions, *, at_front: bool = Fal
 
     ``at_front`` puts the job at the head of the queue (a job whose input just became
     ready, so its episode's data file is finished soon and the run does not end on a tail
-    of such jobs)."""
+    of such jobs). A job on a dependency chain (:func:`~common.job_specs.on_chain`) is
+    also retried at the head of the queue."""
     return Queue.prepare_data(
         MODULE_JOB,
         args=job.args(),
@@ -70,7 +72,11 @@ def module_job_data(job: ModuleJob, options: JobOptions, *, at_front: bool = Fal
         failure_ttl=FAILURE_TTL_S,
         description=f"{job.module} episode {job.episode} (run {job.run_id})",
         at_front=at_front,
-        retry=Retry(max=options.job_retries, interval=options.intervals())
+        retry=Retry(
+            max=options.job_retries,
+            interval=options.intervals(),
+            enqueue_at_front=on_chain(job.module),
+        )
         if options.job_retries
         else None,
     )

@@ -1,16 +1,17 @@
 """Every place narrator reaches below rq's public API, in one module (rq 3.0.x, pinned in
-``pyproject.toml``: each override below names the rq method it replaces; check them all
-before widening the pin).
+``pyproject.toml``: each override below names the rq method it replaces or calls; check them
+all before widening the pin).
 
 Overrides, and why each exists:
 
-* :class:`ContextJob` overrides ``Job._execute``: rq calls ``func(*args)`` and runs a coroutine
-  with ``asyncio.run`` (a fresh event loop per job). A narrator job gets its process's
-  services first (``func(context, *args)``, as arq passes ``ctx``) and its coroutine runs on
-  the process's persistent loop, so the VLM client's connections, replica state and
-  in-flight budgets outlive one job. A :class:`~common.errors.PermanentError` clears the
-  job's remaining retries: retrying a malformed dataset or a rejected request cannot help.
-* :class:`HeartbeatWorker` overrides ``SimpleWorker.get_heartbeat_ttl`` and
+* :class:`ContextJob` overrides ``Job._execute`` so that a
+  :class:`~common.errors.PermanentError` clears the job's remaining retries (retrying a
+  malformed dataset or a rejected request cannot help), and adds :meth:`ContextJob.coroutine`:
+  a narrator job function receives its process's services first (``func(context, *args)``, as
+  arq passes ``ctx``) and is awaited on the process's event loop, not ``asyncio.run`` (a fresh
+  loop per job), so the VLM client's connections and limits outlive one job.
+* :class:`HeartbeatWorker` (the writer's, extended by :class:`ContextWorker` to hand the
+  writer's context to each job) overrides ``SimpleWorker.get_heartbeat_ttl`` and
   ``SimpleWorker.execute_job``: a SimpleWorker does not heartbeat while its job runs, so its
   StartedJobRegistry entry lives ``job timeout + 60 s`` and a worker killed mid-job (SIGKILL,
   OOM) would hold its job for half an hour. The entry is kept short
@@ -19,12 +20,21 @@ Overrides, and why each exists:
   of any live worker (every :data:`MAINTENANCE_INTERVAL_S`) treats the job as abandoned and
   retries or fails it. When Redis goes away while a job runs, rq cannot record the job's end
   and would stop the worker; this worker waits for Redis instead.
-* :class:`ContextWorker` extends ``execute_job`` to hand its context to each job.
-* :class:`ThreadedWorker` (several workers in threads of one process) overrides
-  ``death_penalty_class`` (a timer thread: SIGALRM only reaches the main thread),
-  ``_install_signal_handlers`` (signals belong to the process, :mod:`workers.main`) and
-  ``dequeue_job_and_maintain_ttl`` (rq's idle wait ends only on a signal; waiting in short
-  slices lets a stop request end it within :data:`STOP_POLL_S`).
+* :class:`AsyncJobWorker` (the module workers) is one rq worker that holds *many* jobs at
+  once, each one of rq 3.0's executions (``Worker.executions``, the worker's execution index),
+  run as coroutines by :mod:`workers.runtime`. It never runs rq's ``work`` loop; it offers
+  rq's own steps one at a time, each synchronous (called off the event loop): claiming a job
+  (``Queue.dequeue_any``, ``prepare_execution``, ``prepare_job_execution``: the job is in
+  the StartedJobRegistry and STARTED before it runs), renewing every held execution's
+  registry entry in one pipeline (what ``maintain_heartbeats`` does per job), settling a job
+  (``_finalize_success`` / ``_finalize_failure``: results, rq retries with their intervals,
+  the FailedJobRegistry, exactly as ``perform_job`` does), handing a job back to the front of
+  its queue (a warm stop that outlasts its grace: no retry is used), registry maintenance
+  (``run_maintenance_tasks``: abandoned jobs of dead workers, the intermediate queue, the
+  scheduler's restart) and rq's scheduler (``_start_scheduler``). rq's ``stop-execution``
+  command cancels that one job (``request_stop_execution``); it is recorded as STOPPED.
+  Callbacks run under :class:`~rq.timeouts.TimerDeathPenalty` (SIGALRM only reaches the main
+  thread).
 
 Leftovers of interrupted jobs ("half states"; a Ctrl-C, a SIGKILL or a lost Redis
 connection can leave each of them, and rq's own calls raise on some):
@@ -45,13 +55,17 @@ without raising, so the producer can always replace them.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import DequeueTimeout, NoSuchJobError
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -66,6 +80,7 @@ from rq.registry import (
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
 from narrator.common.errors import PermanentError
@@ -78,38 +93,46 @@ HEARTBEAT_INTERVAL_S = 4.0  # how often a running job's registry entry is renewe
 MAINTENANCE_INTERVAL_S = 10  # how often a worker looks for abandoned jobs
 IDLE_WORKER_TTL_S = 20  # idle dequeue wait = this - 15 s, so maintenance runs that often
 REDIS_WAIT_MAX_S = 10.0  # longest pause between pings while Redis is away
-STOP_POLL_S = 2  # how often an idle threaded worker checks for a stop request
 FEW_JOBS = 64  # up to this many jobs, queue membership is asked per job (LPOS)
 
-CoroutineRunner = Callable[[Coroutine[Any, Any, Any]], Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
-# --- jobs and workers ----------------------------------------------------------------------
+# --- jobs ------------------------------------------------------------------------------------
 
 
 class ContextJob(Job):
-    """A job whose function receives its process's context first; see the module doc."""
+    """A job whose function may receive its process's context first; see the module doc."""
 
-    context: Any = None
-    run_coroutine: CoroutineRunner | None = None
+    context: Any = None  # set by :class:`ContextWorker` before the job runs
 
     def _execute(self) -> Any:
         try:
-            if not self.func:
-                raise ValueError("cannot execute job: function is None")
             if self.context is not None:
-                result = self.func(self.context, *self.args, **self.kwargs)
-            else:
-                result = self.func(*self.args, **self.kwargs)
-            if asyncio.iscoroutine(result):
-                if self.run_coroutine is None:
-                    result.close()
-                    raise RuntimeError(f"job {self.id} is async; run it with a ContextWorker")
-                return self.run_coroutine(result)
-            return result
+                func = self.func
+                if func is None:
+                    raise ValueError(f"cannot execute job {self.id}: function is None")
+                return func(self.context, *self.args, **self.kwargs)
+            return super()._execute()
         except PermanentError:
             self.retries_left = 0  # retrying cannot help; fail now and record why
             raise
+
+    def coroutine(self, context: Any) -> Coroutine[Any, Any, Any]:
+        """The job's work as one coroutine: ``func(context, *args, **kwargs)`` awaited, or, for
+        a plain function, called in a worker thread. Reading the function and its arguments
+        deserializes the payload: a payload that is not rq JSON raises here
+        (``DeserializationError``), before anything of it runs."""
+        func = self.func
+        if func is None:
+            raise ValueError(f"cannot execute job {self.id}: function is None")
+        args, kwargs = self.args, self.kwargs
+        if inspect.iscoroutinefunction(func):
+            return func(context, *args, **kwargs)  # type: ignore[no-any-return]
+        return asyncio.to_thread(func, context, *args, **kwargs)
+
+
+# --- the writer's worker ---------------------------------------------------------------------
 
 
 class HeartbeatWorker(SimpleWorker):
@@ -171,54 +194,168 @@ class HeartbeatWorker(SimpleWorker):
 
 
 class ContextWorker(HeartbeatWorker):
-    """A :class:`HeartbeatWorker` that hands ``context`` (and the runner of async jobs) to
-    every :class:`ContextJob` it runs. Without a context, job functions are called with
-    their arguments only."""
+    """The writer's worker: a :class:`HeartbeatWorker` that hands ``context`` to every
+    :class:`ContextJob` it runs (``func(context, *args)``, as arq passes ``ctx``)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        context: Any = None,
-        run_coroutine: CoroutineRunner | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, context: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.context = context
-        self.run_coroutine = run_coroutine
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if isinstance(job, ContextJob):
             job.context = self.context
-            job.run_coroutine = self.run_coroutine
         super().execute_job(job, queue)
 
 
-class ThreadedWorker(ContextWorker):
-    """One of several rq workers in threads of one process, sharing its context.
+# --- the module workers' worker: many jobs held at once --------------------------------------
 
-    Signals are handled by the process (see :mod:`workers.main`), timeouts by a timer
-    thread instead of SIGALRM, and a short worker TTL keeps the idle wait (and so the
-    reaction to a stop request) to a few seconds.
-    """
+
+@dataclass(eq=False)
+class Claim:
+    """One job this worker holds: rq's job, its queue and its execution."""
+
+    job: ContextJob
+    queue: Queue
+    execution: Execution
+
+
+class AsyncJobWorker(SimpleWorker):
+    """One rq worker holding many executions at once; see the module doc. Every method is
+    synchronous and safe to call from several threads at once."""
 
     death_penalty_class = TimerDeathPenalty
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL_S)
+        kwargs.setdefault("worker_ttl", IDLE_WORKER_TTL_S)
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("job_class", ContextJob)
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()  # the worker's own fields below and rq's _stopped_job_id
+        self._stopping: set[str] = set()  # job ids asked to stop (rq's stop-execution)
+        self.on_stop_execution: Callable[[str], None] | None = None  # called with a job id
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return EXECUTION_TTL_S
+
     def _install_signal_handlers(self) -> None:
-        return None
+        return None  # signals belong to the process (workers/main.py)
 
-    def request_warm_stop(self) -> None:
-        self._stop_requested = True
+    # life cycle
 
-    def dequeue_job_and_maintain_ttl(
-        self, timeout: int | None, max_idle_time: int | None = None
-    ) -> Any:
-        while not self._stop_requested:
-            result = super().dequeue_job_and_maintain_ttl(
-                timeout, max_idle_time=STOP_POLL_S if timeout is not None else None
-            )
-            if result is not None or timeout is None:
-                return result
-        raise StopRequested()
+    def begin(self, *, burst: bool, with_scheduler: bool) -> None:
+        """Register the worker (rq's ``bootstrap``: birth, command channel) and start rq's
+        scheduler (in burst mode: move due jobs once)."""
+        self.bootstrap(logging_level="WARNING")
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level="WARNING")
+
+    def end(self) -> None:
+        """Stop the scheduler and register the worker's death (rq's ``teardown``)."""
+        self.teardown()  # type: ignore[no-untyped-call]
+
+    def maintain_if_due(self) -> None:
+        """rq's registry maintenance (abandoned jobs, the intermediate queue, a scheduler
+        that died) when its interval has passed."""
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+
+    # jobs
+
+    def claim(self, limit: int, wait_s: int | None = None) -> list[Claim]:
+        """Take up to ``limit`` jobs from the queues, in their order; only when none is queued,
+        wait up to ``wait_s`` seconds for one. Each is STARTED and in the StartedJobRegistry
+        (heartbeat TTL :data:`EXECUTION_TTL_S`) when this returns."""
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            block = wait_s if not claims and wait_s else None
+            try:
+                got = Queue.dequeue_any(
+                    self._ordered_queues,
+                    block,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except DequeueTimeout:
+                got = None
+            if got is None:
+                break
+            job, queue = got
+            assert isinstance(job, ContextJob)
+            execution = self.prepare_execution(job)
+            try:
+                # Also reads the payload (rq's procline names the function): a payload that
+                # is not rq JSON fails its job here, as in rq's perform_job.
+                self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+            except Exception:
+                self._finalize_failure(job, queue, execution, sys.exc_info())
+                continue
+            job.started_at = now()
+            claims.append(Claim(job, queue, execution))
+        return claims
+
+    def settle(self, claim: Claim, *, value: Any = None, exc_info: ExcInfo | None = None) -> None:
+        """Record how a held job ended, as rq's ``perform_job`` would: its result, or its
+        failure (rq's retry with its interval, or the FailedJobRegistry; a
+        :class:`PermanentError` is not retried, a stopped job is STOPPED)."""
+        job, queue, execution = claim.job, claim.queue, claim.execution
+        if exc_info is None:
+            try:
+                self._finalize_success(job, queue, execution, value)
+                return
+            except redis.RedisError:
+                raise
+            except Exception:  # e.g. a result the serializer refuses: a failure, as in rq
+                exc_info = sys.exc_info()  # type: ignore[assignment]
+                assert exc_info is not None
+        if isinstance(exc_info[1], PermanentError):
+            job.retries_left = 0
+        with self._lock:
+            stopped = job.id in self._stopping
+            self._stopping.discard(job.id)
+            if stopped:  # rq reads this one field to record the job as STOPPED
+                self._stopped_job_id = job.id
+                self._finalize_failure(job, queue, execution, exc_info)
+                return
+        self._finalize_failure(job, queue, execution, exc_info)
+
+    def hand_back(self, claim: Claim) -> None:
+        """Put a held job back at the front of its queue, unfinished and with its retries
+        untouched (its execution ends; another worker, or this one, takes it again)."""
+        job, queue = claim.job, claim.queue
+        with self.connection.pipeline() as pipe:
+            pipe.multi()  # rq's enqueue_job opens the transaction unless the caller did
+            self.cleanup_execution(job, pipeline=pipe, execution=claim.execution)
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+
+    def beat(self, claims: Sequence[Claim]) -> None:
+        """Renew the worker's key and every held execution's registry entries at once."""
+        with self.connection.pipeline() as pipe:
+            self.heartbeat(pipeline=pipe)
+            stamp = now()
+            for claim in claims:
+                claim.execution.heartbeat(
+                    claim.job.started_job_registry, EXECUTION_TTL_S, pipeline=pipe
+                )
+                claim.job.heartbeat(stamp, EXECUTION_TTL_S, pipeline=pipe, xx=True)
+            pipe.execute()
+
+    def set_busy(self, busy: bool) -> None:
+        self.set_state(WorkerStatus.BUSY if busy else WorkerStatus.IDLE)
+
+    def request_stop_execution(self, execution_id: str) -> None:
+        """rq's ``stop-execution`` command (from its command channel thread): cancel that
+        job; it is recorded as STOPPED and not retried."""
+        execution = self.executions.get(execution_id)
+        if execution is None or self.on_stop_execution is None:
+            log.warning("stop_execution_ignored", execution=execution_id)
+            return
+        with self._lock:
+            self._stopping.add(execution.job_id)
+        self.on_stop_execution(execution.job_id)
 
 
 # --- leftovers of interrupted jobs -----------------------------------------------------------

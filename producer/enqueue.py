@@ -146,7 +146,8 @@ def enqueue_run(
         summary.already_done = total_jobs
         return summary
 
-    outcome = schedule_run(conn, record, files)
+    lengths = {e: ep.length for e, ep in meta.episodes.items()}
+    outcome = schedule_run(conn, record, files, lengths)
     summary.already_done = len(outcome.done)
     summary.enqueued = outcome.enqueued
     summary.already_active = outcome.already_active

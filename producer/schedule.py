@@ -6,7 +6,8 @@ reads the results of the file's members and rebuilds its pending set: a member i
 its result has the run's module hash, no failed item, and every module it needs is done. So
 failed items are never frozen as done, and a file with anything to do is finalized again.
 
-Then every member to do gets its job, unless rq still runs one of that id (queued, running
+Then every member to do gets its job (in :func:`enqueue_order`: dependency chains first,
+long episodes first), unless rq still runs one of that id (queued, running
 on a live worker, waiting for a retry); a leftover of an interrupted job is replaced (see
 :mod:`common.rq_internals`). A member whose needed modules are not done is left to their
 jobs: the last of them to publish enqueues it. Files whose pending set is empty and whose
@@ -23,9 +24,9 @@ from dataclasses import dataclass
 import redis
 
 from narrator.common import keys
-from narrator.common.job_specs import REBUILD_PENDING_SCRIPT, FinalizeJob, ModuleJob
+from narrator.common.job_specs import REBUILD_PENDING_SCRIPT, FinalizeJob, ModuleJob, on_chain
 from narrator.common.logging import get_logger
-from narrator.common.modules import in_order, spec
+from narrator.common.modules import MODULES, in_order, spec
 from narrator.common.queueing import (
     enqueue_unless_live,
     finalize_job_data,
@@ -96,25 +97,46 @@ def rebuild_pending(
     return done, reopened
 
 
+def enqueue_order(
+    jobs: Sequence[ModuleJob], lengths: Mapping[int, int] | None = None
+) -> list[ModuleJob]:
+    """The order module jobs go into the queue (pure): jobs on a dependency chain first (plan:
+    subtasks, the memory chain, then the episode's interjections), independent ones (vqa: all
+    of an episode's requests at once) last, so the run ends on jobs that drain the fleet
+    quickly; within each, longer episodes first (their chains are longer: longest first is
+    what keeps the last chain from finishing long after the others), then by module and
+    episode."""
+    sizes = lengths or {}
+    rank = {m: i for i, m in enumerate(MODULES)}
+    return sorted(
+        jobs,
+        key=lambda j: (not on_chain(j.module), -sizes.get(j.episode, 0), rank[j.module], j.episode),
+    )
+
+
 def schedule_run(
-    conn: redis.Redis, run: RunRecord, files: Mapping[str, Sequence[int]]
+    conn: redis.Redis,
+    run: RunRecord,
+    files: Mapping[str, Sequence[int]],
+    lengths: Mapping[int, int] | None = None,
 ) -> ScheduleOutcome:
-    """Rebuild the pending sets and enqueue what is to do (see the module doc)."""
+    """Rebuild the pending sets and enqueue what is to do (see the module doc); ``lengths``
+    (episode -> frames), when known, puts long episodes first (:func:`enqueue_order`)."""
     done, reopened = rebuild_pending(conn, run, files)
     if reopened and text(conn.get(keys.committed(run.run_id))) == run.generation:
         # A committed generation with failed items asked again: it is committed anew.
         conn.delete(keys.committed(run.run_id))
     modules = in_order(run.module_hashes)
     episodes = sorted(e for eps in files.values() for e in eps)
-    # Module-major: every plan job first (the longest chains: subtasks, then the memory chain,
-    # then the episode's interjections), the vqa jobs (one step, all requests at once) last,
-    # so the run ends on jobs that drain the fleet quickly (tests/bench/bench_saturation.py).
-    todo = [
-        ModuleJob(run.run_id, m, e, run.module_hashes[m])
-        for m in modules
-        for e in episodes
-        if (m, e) not in done and all((n, e) in done for n in spec(m).needs)
-    ]
+    todo = enqueue_order(
+        [
+            ModuleJob(run.run_id, m, e, run.module_hashes[m])
+            for m in modules
+            for e in episodes
+            if (m, e) not in done and all((n, e) in done for n in spec(m).needs)
+        ],
+        lengths,
+    )
     options = run.job_options
     outcome = enqueue_unless_live(
         conn, module_queue(conn), [module_job_data(job, options) for job in todo]

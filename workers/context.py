@@ -4,14 +4,14 @@
 :class:`~narrator.workers.vlm_api.VLM` protocol), the dataset-metadata cache and the frame
 pool (:class:`~workers.frame_pool.FramePool`: decoding and JPEG work in processes). Job
 functions take it as their first argument (:mod:`workers.jobs`), so they are plain async
-functions: rq's :class:`~common.rq_internals.ContextWorker` passes the process's context,
-and a test builds one with :func:`open_worker_context` on its own loop and calls the job
+functions: the worker runtime (:mod:`workers.runtime`) passes the process's context, and a
+test builds one with :func:`open_worker_context` on its own loop and calls the job
 function directly.
 
 Invariants:
 * The async parts (the async Redis client, the VLM client's session) belong to the loop
-  that opened the context; in a worker process that is the process's
-  :class:`~workers.runtime.LoopThread`.
+  that opened the context; in a worker process that is the process's one loop, on which
+  every job runs.
 * The sync Redis connection is only used off the loop (``asyncio.to_thread``): rq's
   enqueue API is synchronous.
 * Dataset metadata is cached per (root, fingerprint) and only when it matches the
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import redis
@@ -69,6 +69,11 @@ class WorkerContext:
     replicas: ReplicaStatusPublisher | None = None
     frames: FramePool | None = None  # decode, resize, JPEG off the loop (None: a thread)
     _owned_client: VLMClient | None = None
+
+    def with_client(self, client: VLM) -> WorkerContext:
+        """This context with another VLM client (one job's view of the shared one); closing
+        it closes nothing of this one."""
+        return replace(self, client=client, _owned_client=None)
 
     async def close(self) -> None:
         if self.frames is not None:

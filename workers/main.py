@@ -1,22 +1,26 @@
-"""Entry point of the worker role: N processes x K concurrent jobs on the module queue.
+"""Entry point of the worker role: N processes, each holding many jobs of the module queue.
 
-Each process builds one :class:`~workers.context.WorkerContext` (Redis, VLM client, caches) on
-its :class:`~workers.runtime.LoopThread` and hands it to its rq workers, which pass it to
-every job. With ``jobs_per_worker`` K > 1 it runs K rq workers in threads, so K jobs'
-coroutines share one loop, one connection pool and one view of the replicas' load; with
-K = 1 a single rq worker runs in the main thread. All use rq's JSON serializer.
+Each process is one rq worker (:class:`~common.rq_internals.AsyncJobWorker`, rq's JSON
+serializer) and one event loop: it builds one :class:`~workers.context.WorkerContext` (Redis,
+VLM client, caches) on the loop and runs its jobs there as coroutines
+(:class:`~workers.runtime.WorkerRuntime`), taking as many as the VLM fleet has room for,
+between ``jobs_per_worker`` and ``max_jobs_per_worker``. rq's scheduler (retry intervals) is
+started by every process; rq's locks let one of them run it.
 
-Signals: the first SIGINT/SIGTERM asks every worker to stop after its current job (warm
-shutdown); a second one exits at once. A parent with several processes forwards signals.
+Signals: the first SIGINT/SIGTERM stops taking jobs and lets the held ones finish for
+``stop_grace_s``, then hands the rest back to the front of the queue (warm stop); a second one
+hands them back at once; a third exits at once. A signal arriving twice within a second (sent
+to the process group and forwarded by the pool parent) counts once. A parent with several
+processes forwards signals.
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
 import tempfile
-import threading
 import time
 from types import FrameType
 
@@ -28,85 +32,83 @@ from narrator.common.errors import ConfigError
 from narrator.common.lifecycle import die_with_parent
 from narrator.common.logging import configure_logging, get_logger
 from narrator.common.metrics import start_metrics_server, start_multiprocess_metrics_server
-from narrator.common.rq_internals import ContextWorker, ThreadedWorker
-from narrator.workers.context import WorkerContext, open_worker_context
-from narrator.workers.runtime import LoopThread
+from narrator.common.rq_internals import AsyncJobWorker
+from narrator.workers.context import open_worker_context
+from narrator.workers.intake import IntakeLimits
+from narrator.workers.runtime import WorkerRuntime
 
 log = get_logger(__name__)
 
-THREAD_WORKER_TTL_S = 20  # idle dequeue wait = TTL - 15 s
+DUPLICATE_SIGNAL_S = 1.0
 
 
-def _serve_threads(
-    config: NarratorConfig, burst: bool, ctx: WorkerContext, loop: LoopThread
-) -> None:
-    url = config.redis_url_value()
-    assert url is not None
-    workers = [
-        ThreadedWorker(
-            [keys.MODULE_QUEUE],
-            connection=redis.Redis.from_url(url),
-            context=ctx,
-            run_coroutine=loop.run,
-            worker_ttl=THREAD_WORKER_TTL_S,
-        )
-        for _ in range(config.jobs_per_worker)
-    ]
-    first_signal_at: list[float] = []
+class _Signals:
+    """Counts stop requests; the runtime is told once it exists."""
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if first_signal_at:
-            # A signal sent to the process group and forwarded by the pool parent arrives
-            # twice; only a second request a moment later means "stop now".
-            if time.monotonic() - first_signal_at[0] > 1.0:
-                log.warning("worker_second_stop_signal_exiting")
-                os._exit(1)
+    def __init__(self) -> None:
+        self.count = 0
+        self._last = -DUPLICATE_SIGNAL_S
+        self.runtime: WorkerRuntime | None = None
+
+    def on_signal(self, signum: int) -> None:
+        at = time.monotonic()
+        if self.count and at - self._last < DUPLICATE_SIGNAL_S:
             return
-        first_signal_at.append(time.monotonic())
-        log.info("worker_stopping_after_running_jobs", signal=signum)
-        for w in workers:
-            w.request_warm_stop()
+        self._last = at
+        self.count += 1
+        if self.count >= 3:
+            log.warning("worker_third_stop_signal_exiting")
+            os._exit(1)
+        if self.count == 1:
+            log.info("worker_stop_requested", signal=signum)
+        else:
+            log.warning("worker_second_stop_signal_handing_back_jobs", signal=signum)
+        self.apply()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    threads = [
-        threading.Thread(
-            target=w.work,
-            kwargs={"burst": burst, "with_scheduler": i == 0, "logging_level": "WARNING"},
-            name=f"rq-worker-{i}",
-            daemon=True,
+    def apply(self) -> None:
+        if self.runtime is None or not self.count:
+            return
+        if self.count == 1:
+            self.runtime.request_stop()
+        else:
+            self.runtime.hand_back_now()
+
+
+async def _serve(config: NarratorConfig, worker: AsyncJobWorker, burst: bool) -> None:
+    signals = _Signals()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, signals.on_signal, signum)
+    ctx = await open_worker_context(config)
+    try:
+        if signals.count:
+            return  # stopped while the VLM client started: nothing was taken
+        runtime = WorkerRuntime(
+            worker,
+            ctx,
+            IntakeLimits(config.jobs_per_worker, config.max_jobs_per_worker),
+            burst=burst,
+            stop_grace_s=config.stop_grace_s,
         )
-        for i, w in enumerate(workers)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(timeout=0.5)
+        signals.runtime = runtime
+        await runtime.serve()
+    finally:
+        await ctx.close()
 
 
 def _serve_process(config: NarratorConfig, burst: bool, parent_pid: int | None = None) -> None:
     if parent_pid is not None:  # a pool child ends when its pool parent ends, however
         die_with_parent(parent_pid)
     configure_logging(config.log_level, config.log_format)  # spawned: a fresh interpreter
-    loop = LoopThread()
-    ctx = loop.run(open_worker_context(config))
+    url = config.redis_url_value()
+    assert url is not None
+    worker = AsyncJobWorker([keys.MODULE_QUEUE], connection=redis.Redis.from_url(url))
+    # Registered (and rq's scheduler forked) before the loop and the VLM client start threads.
+    worker.begin(burst=burst, with_scheduler=True)
     try:
-        if config.jobs_per_worker > 1:
-            _serve_threads(config, burst, ctx, loop)
-            return
-        url = config.redis_url_value()
-        assert url is not None
-        worker = ContextWorker(
-            [keys.MODULE_QUEUE],
-            connection=redis.Redis.from_url(url),
-            context=ctx,
-            run_coroutine=loop.run,
-        )
-        worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+        asyncio.run(_serve(config, worker, burst))
     finally:
-        loop.run(ctx.close())
-        loop.stop()
+        worker.end()
 
 
 def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
@@ -118,6 +120,7 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
         "worker_starting",
         processes=config.workers,
         jobs_per_worker=config.jobs_per_worker,
+        max_jobs_per_worker=config.max_jobs_per_worker,
         vlm_urls=list(config.vlm.urls),
     )
     if config.workers == 1:

@@ -193,7 +193,8 @@ def annotate(
             )
         )  # fmt: skip
         say.say(
-            f"started {config.workers} worker process(es) x {config.jobs_per_worker} jobs and "
+            f"started {config.workers} worker process(es) (each holds {config.jobs_per_worker}"
+            f"-{config.max_jobs_per_worker} jobs, as many as the VLM fleet has room for) and "
             f"the writer; their logs are in {logs}"
         )
         code, status = watch_run(

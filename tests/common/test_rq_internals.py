@@ -1,9 +1,10 @@
-"""The one module that reaches below rq's public API: the overrides still match the pinned rq,
-jobs get their worker's context, and which jobs rq will still run (a real Redis, real rq)."""
+"""The one module that reaches below rq's public API: the overrides and the rq methods it calls
+still match the pinned rq, permanent errors are not retried, and which jobs rq will still run
+(a real Redis, real rq). The module workers' AsyncJobWorker is exercised with its runtime in
+``tests/workers/test_runtime.py``."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -19,71 +20,66 @@ from rq.worker.base import BaseWorker
 
 from narrator.common.errors import ConfigError
 from narrator.common.rq_internals import (
+    AsyncJobWorker,
     ContextJob,
-    ContextWorker,
     HeartbeatWorker,
-    ThreadedWorker,
     live_flags,
 )
-from narrator.workers.runtime import LoopThread
 
 QUEUE = "narrator-test-queue"
 
 
-def describe(context: dict[str, Any], value: int) -> dict[str, Any]:
-    return {"context": context["name"], "value": value}
+def describe(value: int) -> dict[str, Any]:
+    return {"value": value}
 
 
-async def describe_later(context: dict[str, Any], value: int) -> dict[str, Any]:
-    await asyncio.sleep(0)
-    return {"context": context["name"], "value": value, "async": True}
-
-
-def refuse(context: dict[str, Any]) -> None:
+def refuse() -> None:
     raise ConfigError("a permanent problem")
 
 
-def test_overrides_name_methods_of_the_pinned_rq() -> None:
+def test_overrides_name_methods_of_the_pinned_rq(redis_client: redis.Redis) -> None:
     assert rq.__version__.startswith("3.0."), "re-check common/rq_internals.py for this rq"
     overridden = [
         (ContextJob, Job, "_execute"),
         (HeartbeatWorker, SimpleWorker, "execute_job"),
         (HeartbeatWorker, SimpleWorker, "get_heartbeat_ttl"),
-        (ThreadedWorker, BaseWorker, "_install_signal_handlers"),
-        (ThreadedWorker, BaseWorker, "dequeue_job_and_maintain_ttl"),
+        (AsyncJobWorker, SimpleWorker, "get_heartbeat_ttl"),
+        (AsyncJobWorker, BaseWorker, "_install_signal_handlers"),
+        (AsyncJobWorker, BaseWorker, "request_stop_execution"),
     ]
     for ours, theirs, name in overridden:
         assert name in vars(theirs), f"rq's {theirs.__name__} has no {name} any more"
         assert getattr(ours, name) is not getattr(theirs, name)
-    for used in ("prepare_execution", "perform_job", "maintain_heartbeats", "set_state"):
-        assert hasattr(BaseWorker, used)
-    assert ThreadedWorker.death_penalty_class is TimerDeathPenalty
+    called = (
+        "prepare_execution",
+        "prepare_job_execution",
+        "perform_job",
+        "maintain_heartbeats",
+        "set_state",
+        "bootstrap",
+        "teardown",
+        "run_maintenance_tasks",
+        "should_run_maintenance_tasks",
+        "cleanup_execution",
+        "heartbeat",
+        "_start_scheduler",
+        "_finalize_success",
+        "_finalize_failure",
+    )
+    for used in called:
+        assert hasattr(BaseWorker, used), f"rq's BaseWorker has no {used} any more"
+    # rq 3.0's workers hold several executions at once (AsyncJobWorker relies on it)
+    assert isinstance(SimpleWorker([QUEUE], connection=redis_client).executions, dict)
+    assert AsyncJobWorker.death_penalty_class is TimerDeathPenalty
 
 
-def test_jobs_get_the_workers_context_and_permanent_errors_are_not_retried(
-    redis_client: redis.Redis,
-) -> None:
+def test_permanent_errors_are_not_retried(redis_client: redis.Redis) -> None:
     queue = Queue(QUEUE, connection=redis_client, serializer=JSONSerializer)
     plain = queue.enqueue(f"{__name__}.describe", 1)
-    later = queue.enqueue(f"{__name__}.describe_later", 2)
     refused = queue.enqueue(f"{__name__}.refuse", retry=Retry(max=3))
-    loop = LoopThread()
-    try:
-        worker = ContextWorker(
-            [queue], connection=redis_client, context={"name": "ctx"}, run_coroutine=loop.run
-        )
-        worker.work(burst=True, logging_level="WARNING")
-    finally:
-        loop.stop()
-    assert plain.latest_result() is not None
+    HeartbeatWorker([queue], connection=redis_client).work(burst=True, logging_level="WARNING")
     assert Job.fetch(plain.id, redis_client, serializer=JSONSerializer).return_value() == {
-        "context": "ctx",
-        "value": 1,
-    }
-    assert Job.fetch(later.id, redis_client, serializer=JSONSerializer).return_value() == {
-        "context": "ctx",
-        "value": 2,
-        "async": True,
+        "value": 1
     }
     failed = Job.fetch(refused.id, redis_client, serializer=JSONSerializer)
     assert failed.get_status() == JobStatus.FAILED and failed.retries_left == 0
