@@ -46,35 +46,66 @@ T = TypeVar("T")
 STOP_GRACE_S = 0.2
 
 
-class _Refused(asyncio.Protocol):
-    """A connection accepted while its replica stops: cut at once, like a dead process."""
+class _TrackedConnection(asyncio.Protocol):
+    """One accepted connection: aiohttp's request handler behind a thin layer that records
+    the transport with its replica (and cuts it at once when the replica is stopping)."""
+
+    def __init__(self, replica: SimReplica, handler: web.RequestHandler | None) -> None:
+        self._replica = replica
+        self._handler = handler
+        self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()
-        else:
-            transport.close()
+        assert isinstance(transport, asyncio.Transport)
+        if self._handler is None or self._replica.stopping:
+            transport.abort()  # like a connection to a process that is going away
+            return
+        self._transport = transport
+        self._replica.transports.add(transport)
+        self._handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._replica.transports.discard(self._transport)
+            self._transport = None
+            assert self._handler is not None
+            self._handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is not None and self._handler is not None:
+            self._handler.data_received(data)
+
+    def eof_received(self) -> None:  # aiohttp's handler lets the transport close itself
+        if self._transport is not None and self._handler is not None:
+            self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.resume_writing()
 
 
 class SimReplica:
     """One :class:`SimServer` bound to one host:port; can be stopped and started again.
 
-    It listens with its own ``loop.create_server`` (not ``web.TCPSite``) so that it knows
-    every connection it accepted: aiohttp's shutdown closes only the connections registered
-    when it starts its pass, so one accepted in the same loop iteration as the stop stayed
-    open, still served requests of a "stopped" replica, and was finally garbage-collected
-    unclosed (the ``ResourceWarning`` of issue 14.4). :meth:`stop` closes them all.
+    It listens with its own ``loop.create_server`` (not ``web.TCPSite``) and records every
+    transport it accepted, so that :meth:`stop` can cut them all: aiohttp's shutdown closes
+    only the connections it knows when its pass starts, and closes them gracefully; a
+    connection accepted around the stop outlived its replica, unread, and was finally
+    garbage-collected unclosed (the ``ResourceWarning`` of issue 14.4).
     """
 
     def __init__(self, server: SimServer, host: str, port: int) -> None:
         self.server = server
         self.host = host
         self.port = port
+        self.transports: set[asyncio.Transport] = set()  # every open accepted connection
+        self.stopping = False
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
-        self._handlers: set[web.RequestHandler] = set()  # every accepted connection
-        self._prune_at = 64
-        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -85,14 +116,9 @@ class SimReplica:
         return self._runner is not None
 
     def _connection(self, runner: web.AppRunner) -> asyncio.BaseProtocol:
-        if self._stopping or runner.server is None:
-            return _Refused()
-        handler = runner.server()
-        if len(self._handlers) >= self._prune_at:  # forget connections already closed
-            self._handlers = {h for h in self._handlers if h.transport is not None}
-            self._prune_at = max(64, 2 * len(self._handlers))
-        self._handlers.add(handler)
-        return handler
+        if self.stopping or runner.server is None:
+            return _TrackedConnection(self, None)
+        return _TrackedConnection(self, runner.server())
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -104,7 +130,7 @@ class SimReplica:
             access_log=None,
         )
         await runner.setup()
-        self._stopping = False
+        self.stopping = False
         try:
             listener = await asyncio.get_running_loop().create_server(
                 lambda: self._connection(runner), self.host, self.port, reuse_address=True
@@ -120,13 +146,14 @@ class SimReplica:
         listener, self._listener = self._listener, None
         if runner is None:
             return
-        self._stopping = True  # from here on, an accepted connection is cut at once
+        self.stopping = True  # from here on, a connection that is made is cut at once
         if listener is not None:
             listener.close()
         await runner.cleanup()  # lets in-flight requests finish for STOP_GRACE_S, then cuts
-        for handler in list(self._handlers):
-            handler.force_close()  # the ones aiohttp's shutdown pass did not know about
-        self._handlers = set()
+        await asyncio.sleep(0)  # connection_made callbacks already queued run first
+        for transport in list(self.transports):
+            transport.abort()  # closed or not by aiohttp, the socket goes now
+        self.transports.clear()
 
 
 class AsyncFleet:

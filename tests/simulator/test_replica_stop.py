@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+import pytest
 
 from narrator.simulator import SimConfig, start_fleet_async
 
@@ -50,5 +53,36 @@ async def test_stop_closes_idle_busy_and_half_sent_connections() -> None:
         writer.write(REQUEST.replace(b"POST /v1/chat/completions", b"GET /health") % 0)
         await writer.drain()
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_connection_accepted_in_the_stopping_iteration_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CI failure of issue 14.4, made deterministic: a connection whose protocol is built
+    just before the stop begins gets its ``connection_made`` only after the stop's closing
+    pass. It must be cut all the same (it stayed open, unread, and was later collected
+    unclosed: the ResourceWarning of ``test_every_replica_down_for_a_while_then_back``)."""
+    async with await start_fleet_async(1, SimConfig()) as fleet:
+        replica = fleet.replicas[0]
+        stopping: list[asyncio.Task[None]] = []
+        build = replica._connection
+
+        def build_then_stop(runner: Any) -> asyncio.BaseProtocol:
+            protocol = build(runner)
+            if not stopping:  # the stop's first step runs before this connection_made
+                stopping.append(asyncio.get_running_loop().create_task(replica.stop()))
+            return protocol
+
+        monkeypatch.setattr(replica, "_connection", build_then_stop)
+        reader, writer = await asyncio.open_connection("127.0.0.1", replica.port)
+        deadline = time.monotonic() + 5
+        while not stopping:
+            assert time.monotonic() < deadline, "the replica never accepted the connection"
+            await asyncio.sleep(0.01)
+        await stopping[0]
+
+        assert await read_to_eof(reader, 5.0) == b""  # cut by the stopped replica
         writer.close()
         await writer.wait_closed()
