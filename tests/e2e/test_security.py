@@ -57,13 +57,13 @@ from narrator.local.run import annotate
 from narrator.producer.enqueue import enqueue_run
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import DEFAULT_MODEL, SimConfig
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import file_hashes, pipeline_config
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.timeout(180)
-
 API_KEY = "sk-secret-narrator-test-0123456789abcdef"
+# The replicas, like ``vllm serve --api-key``, answer only requests bearing API_KEY.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.fleet(2, SimConfig(api_key=API_KEY))]
 REDIS_PASSWORD = "redis-pw-7f3c9e2a51d84b06"
 ACL_PASSWORD = "acl-pw-c41d7be9035f"
 
@@ -85,14 +85,6 @@ Gj1HSAEW6WLjQMnq2xRISN2SEFmhRANCAASxq/uSbB7QnaMFz1pc4uSN/VeCoMGF
 z/8FZ3drPw+H/y88XUiOpTMMHhuVaAAB6XoQ8Ey01kSvxIaxOpOTb/RZ
 -----END PRIVATE KEY-----
 """
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    """Replicas that, like ``vllm serve --api-key``, answer only requests bearing API_KEY."""
-    f = start_fleet(2, SimConfig(api_key=API_KEY))
-    yield f
-    f.close()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from tests.local.conftest import (
 )
 from tests.support.processes import REPO_ROOT, wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def test_the_run_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
