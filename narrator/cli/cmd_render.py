@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--fallback",
         action="store_true",
         help="apply LeRobot's RenderMessagesStep: frames the recipe misses train on the task "
-        "as a low-level sample, as in training",
+        "as a low-level sample, as in training (default: off, such frames are skipped)",
     )
     p.add_argument(
         "--format", choices=["jsonl", "pretty"], default="jsonl", help="output (default jsonl)"

@@ -15,6 +15,7 @@ from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.local.redis_server import free_port
 from narrator.samples.dataset import make_sample_dataset
 from tests.support.pipeline_support import file_hashes
+from tests.support.ports import consecutive_free_ports
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,7 +38,7 @@ def _port_open(port: int) -> bool:
 
 def test_serve_starts_replicas_annotates_and_stops_them(tmp_path: Path) -> None:
     root = make_sample_dataset(tmp_path / "ds", episodes=3, cameras=1)
-    port = free_port()
+    port = consecutive_free_ports(2)  # replica i listens on port + i
     serve = f"{sys.executable} -m narrator.simulator"
     proc = _narrator(
         "annotate", str(root), "--serve", serve, "--replicas", "2", "--serve-port", str(port),

@@ -24,12 +24,6 @@ except SystemExit:
 heavy = sorted({m.split('.')[0] for m in sys.modules} & set(%r))
 print("HEAVY=" + ",".join(heavy))
 """
-# cmd_render belongs to the recipes helper; strict, so the mark goes once it is fixed there.
-RENDER_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="render --fallback's help does not say its default (narrator/cli/cmd_render.py, "
-    "recipes area)",
-)
 
 
 def _heavy_imports(*argv: str) -> list[str]:
@@ -39,13 +33,6 @@ def _heavy_imports(*argv: str) -> list[str]:
     )  # fmt: skip
     line = next(x for x in proc.stdout.splitlines() if x.startswith("HEAVY="))
     return [m for m in line.removeprefix("HEAVY=").split(",") if m]
-
-
-def _commands() -> list[object]:
-    return [
-        pytest.param(name, marks=RENDER_PENDING) if name == "render" else name
-        for name in SUBCOMMANDS
-    ]
 
 
 def test_top_level_help_imports_no_heavy_library() -> None:
@@ -63,7 +50,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
-@pytest.mark.parametrize("command", _commands())
+@pytest.mark.parametrize("command", list(SUBCOMMANDS))
 def test_every_argument_has_help_with_its_default(command: str) -> None:
     parser = _subparsers()[command]
     for action in parser._actions:

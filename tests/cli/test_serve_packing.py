@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from narrator.samples.dataset import make_sample_dataset
-from tests.local.test_serve import alive, consecutive_free_ports
+from tests.local.test_serve import alive
+from tests.support.ports import consecutive_free_ports
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -48,8 +48,12 @@ def _annotate_cmd(root: Path, state: Path, fleet: Fleet) -> list[str]:
     cmd = [sys.executable, "-m", "narrator", "annotate", str(root), "--state-dir", str(state)]
     for url in fleet.urls:
         cmd += ["--vlm-url", url]
-    # Few jobs at once, so a third of the requests is reached with jobs still to run.
-    return [*cmd, "--workers", "1", "--jobs-per-worker", "4", "--no-progress"]
+    # Few jobs at once (a fixed cap: no extra jobs while the fleet has room), so a third of
+    # the requests is reached with jobs still queued.
+    return [
+        *cmd, "--workers", "1", "--jobs-per-worker", "4", "--max-jobs-per-worker", "4",
+        "--no-progress",
+    ]  # fmt: skip
 
 
 def test_ctrl_c_then_resume_repeats_no_finished_request(tmp_path: Path) -> None:

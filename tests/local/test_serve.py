@@ -22,32 +22,10 @@ from narrator.local.serve import (
     replica_argv,
     start_replicas,
 )
+from tests.support.ports import consecutive_free_ports
 
 FAKE = str(Path(__file__).parents[1] / "support" / "fake_vllm_exe.py")
 HOSTILE = ["$(touch pwned)", "; rm -rf pwned_dir", "`touch pwned2`", "a b"]
-
-
-def consecutive_free_ports(count: int) -> int:
-    """A base port such that base..base+count-1 are all free right now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count > 65535:
-            continue
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        return base
-    raise RuntimeError("no run of free ports found")
 
 
 def fake_command(record: Path, *extra: str) -> list[str]:
@@ -182,7 +160,10 @@ def test_gpu_list_is_used_per_replica(tmp_path: Path) -> None:
 
 def test_child_dying_at_start_fails_fast_with_its_output(tmp_path: Path) -> None:
     base = consecutive_free_ports(2)
-    command = fake_command(tmp_path, "--die-with", "3", "--die-port", str(base + 1))
+    healthy_record = tmp_path / f"replica-{base}.json"
+    command = fake_command(
+        tmp_path, "--die-with", "3", "--die-port", str(base + 1), "--die-after", str(healthy_record)
+    )
     started = time.monotonic()
     with pytest.raises(ReplicaStartError) as caught:
         start_replicas(command, replicas=2, base_port=base, poll_s=0.05, ready_timeout_s=60)
@@ -190,7 +171,7 @@ def test_child_dying_at_start_fails_fast_with_its_output(tmp_path: Path) -> None
     message = str(caught.value)
     assert "replica 1" in message and "exited with code 3" in message
     assert "CUDA out of memory" in message
-    healthy_pid = json.loads((tmp_path / f"replica-{base}.json").read_text())["pid"]
+    healthy_pid = json.loads(healthy_record.read_text())["pid"]
     assert not alive(healthy_pid), "the replica that did start must be stopped too"
 
 

@@ -27,6 +27,7 @@ from narrator.simulator import SimConfig, start_fleet, start_fleet_async
 from narrator.simulator import vocabulary as vocab
 from narrator.simulator.answers import AnswerContext, generate_instance
 from narrator.simulator.fleet import AsyncFleet
+from tests.support.processes import wait_until_async
 
 MODEL = "narrator-sim-vlm"
 REPO = Path(__file__).resolve().parents[2]
@@ -480,7 +481,11 @@ async def test_hang_lasts_until_the_client_gives_up(async_fleet: AsyncFleet) -> 
                 async_fleet.urls[0] + "/v1/chat/completions", json=chat_body(SPATIAL)
             )
     assert time.monotonic() - started >= 0.45
-    await asyncio.sleep(0.1)
+    await wait_until_async(
+        lambda: async_fleet.stats(0)["in_flight"] == 0 and async_fleet.stats(0)["by_status"],
+        30,
+        "the hung request was never released",
+    )
     stats = async_fleet.stats(0)
     assert stats["hung"] == 1 and stats["in_flight"] == 0 and stats["by_status"] == {"499": 1}
 
@@ -525,7 +530,9 @@ async def test_admin_faults_validate_and_reset(async_fleet: AsyncFleet) -> None:
 
 
 async def test_slots_queue_fifo_and_utilisation() -> None:
-    config = SimConfig(slots=2, base_s=0.2)
+    # Service long beside the arrival spread (0.1 s), so that on a starved CI machine the six
+    # requests still overlap: 4+ wait while 2 run.
+    config = SimConfig(slots=2, base_s=0.6)
     async with await start_fleet_async(1, config) as fleet:
         url = fleet.urls[0]
         started = time.monotonic()
@@ -539,10 +546,10 @@ async def test_slots_queue_fifo_and_utilisation() -> None:
             statuses = await asyncio.gather(*(one(i) for i in range(6)))
         elapsed = time.monotonic() - started
         assert statuses == [200] * 6
-        assert elapsed >= 0.6  # 6 requests of 0.2 s on 2 slots (no upper bound: a busy CI)
+        assert elapsed >= 1.8  # 6 requests of 0.6 s on 2 slots (no upper bound: a busy CI)
         stats = fleet.stats(0)
         assert stats["max_running"] == 2 and stats["max_in_flight"] >= 4
-        assert stats["busy_slot_s"] >= 1.2 - 0.01
+        assert stats["busy_slot_s"] >= 3.6 - 0.01
         assert 0 < stats["utilisation"] <= 1.0
         status, raw = await get(url, "/admin/timeline")
         timeline = orjson.loads(raw)["requests"]

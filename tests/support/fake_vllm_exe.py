@@ -7,7 +7,10 @@ the standard library's http.server until it is terminated.
 
 Test-only options: ``--sleep-before-serve S`` (slow start), ``--die-with CODE`` (print an error
 and exit at start; only for the replica on ``--die-port`` if that is given),
-``--ignore-sigterm`` (needs SIGKILL to stop). Unknown arguments are accepted and recorded.
+``--die-after PATH`` (the dying replica first waits until PATH exists, e.g. the record of
+the replica that starts, so a test knows that one started), ``--ignore-sigterm`` (needs
+SIGKILL to stop). The record file appears whole (written beside it, then renamed). Unknown
+arguments are accepted and recorded.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> int:
     parser.add_argument("--sleep-before-serve", type=float, default=0.0)
     parser.add_argument("--die-with", type=int, default=None)
     parser.add_argument("--die-port", type=int, default=None)
+    parser.add_argument("--die-after", default=None)
     parser.add_argument("--ignore-sigterm", action="store_true")
     args, rest = parser.parse_known_args()
     if args.record:
@@ -60,9 +64,17 @@ def main() -> int:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "pid": os.getpid(),
         }
-        Path(args.record, f"replica-{args.port}.json").write_text(json.dumps(record))
+        path = Path(args.record, f"replica-{args.port}.json")
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(record))
+        partial.replace(path)
     print(f"INFO fake vllm starting on port {args.port}", flush=True)
     if args.die_with is not None and args.die_port in (None, args.port):
+        deadline = time.monotonic() + 60
+        while args.die_after and not Path(args.die_after).exists():
+            if time.monotonic() > deadline:
+                break  # die anyway; the test then fails on the missing record
+            time.sleep(0.02)
         print("ERROR fake vllm: CUDA out of memory while loading weights", flush=True)
         return int(args.die_with)
     if args.ignore_sigterm:

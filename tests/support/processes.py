@@ -1,12 +1,13 @@
 """Child processes of the tests: a narrator role in its own process group, and polling.
 
 :class:`RoleProcess` runs ``python -m narrator ARGS`` (or ``python -c CODE``) with its output
-in a log file and stops it on exit; :func:`wait_until` polls a predicate against a deadline
-(tests never wait on a bare sleep).
+in a log file and stops it on exit; :func:`wait_until` (and :func:`wait_until_async`, for
+a test's event loop) polls a predicate against a deadline (tests never wait on a bare sleep).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -29,6 +30,17 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} (after {timeout_s:.0f} s)")
         time.sleep(interval_s)
+
+
+async def wait_until_async(
+    predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02
+) -> None:
+    """:func:`wait_until` for async tests: the event loop keeps running between polls."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (after {timeout_s:.0f} s)")
+        await asyncio.sleep(interval_s)
 
 
 class RoleProcess:

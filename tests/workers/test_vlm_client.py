@@ -29,6 +29,7 @@ from narrator.workers.replicas import ReplicaPool
 from narrator.workers.vlm_api import ChatRequest
 from narrator.workers.vlm_client import VLMClient
 from narrator.workers.vlm_protocol import backoff_delay
+from tests.support.processes import wait_until_async
 
 MODEL = "narrator-sim-vlm"
 pytestmark = pytest.mark.fleet(3, SimConfig(slots=8))
@@ -185,13 +186,17 @@ async def test_dead_replica_is_taken_out_and_requests_still_succeed(
     async with VLMClient(settings(async_fleet)) as client:
         answers = await asyncio.gather(*(ask(client, f"q{i}") for i in range(20)))
         assert len(answers) == 20 and all(a.replica != async_fleet.urls[1] for a in answers)
-        await asyncio.sleep(0.5)  # at least one health check
-        assert [r.healthy for r in client.pool.replicas] == [True, False, True]
+        await wait_until_async(
+            lambda: [r.healthy for r in client.pool.replicas] == [True, False, True],
+            30,
+            "the dead replica was not taken out",
+        )
         label = {"replica": async_fleet.urls[1]}
         assert REGISTRY.get_sample_value("narrator_vlm_replica_healthy", label) == 0
         await async_fleet.start_replica(1)
-        await asyncio.sleep(0.5)
-        assert client.pool.replicas[1].healthy
+        await wait_until_async(
+            lambda: client.pool.replicas[1].healthy, 30, "the replica did not come back"
+        )
 
 
 async def test_all_replicas_down_gives_unavailable_after_the_attempt_budget(
