@@ -22,7 +22,7 @@ from narrator.simulator.fleet import Fleet
 from narrator.workers.modules.answers import numbered
 from tests.support.pipeline_support import file_hashes, pipeline_config, read_shards
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.fleet(2)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.fleet(2)]
 
 
 @pytest.fixture(scope="module")

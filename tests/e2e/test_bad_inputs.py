@@ -119,6 +119,7 @@ def test_a_root_that_is_not_a_dataset(
 
 
 @pytest.mark.parametrize("case", sorted(RUN_TIME))
+@pytest.mark.slow
 def test_read_or_decode_damage_fails_its_episodes_and_writes_nothing(
     case: str,
     good: Path,

@@ -221,6 +221,7 @@ def test_output_loads_with_datasets_and_lerobot_features(
     assert speech and speech[0]["tool_calls"][0]["function"]["name"] == "say"
 
 
+@pytest.mark.slow
 def test_writing_twice_gives_identical_files(
     annotated: tuple[Path, str, str], fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -41,7 +41,7 @@ from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import file_hashes, output_hashes, pipeline_config
 from tests.support.processes import RoleProcess, wait_until
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(2)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 # The writer with a slow disk: every fsync takes FSYNC_DELAY_S, so a shard rewrite (temp
 # file, fsync, rename) and the commit (renames, fsyncs, info.json) stay open long enough

@@ -35,7 +35,7 @@ from tests.support.processes import RoleProcess, wait_until
 REPLICAS = 3
 LATENCY_S = 0.02
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(REPLICAS)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(REPLICAS)]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import pipeline_config
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _coordinates(root: Path) -> list[tuple[str, list[float]]]:

@@ -19,7 +19,7 @@ from narrator.simulator.config import DEFAULT_MODEL
 from narrator.simulator.fleet import Fleet
 from tests.support.fake_hub import FakeHub
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_download_annotate_and_push(

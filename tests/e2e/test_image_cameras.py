@@ -16,7 +16,7 @@ from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import pipeline_config
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(2)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def _images_sent(fleet: Fleet) -> int:

@@ -31,7 +31,7 @@ from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import pipeline_config
 from tests.support.processes import RoleProcess
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(2)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def _burst(role: str, env: dict[str, str], logs: Path) -> None:

@@ -14,7 +14,7 @@ from narrator.cli.main import main
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.fleet import Fleet
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _chat_requests(fleet: Fleet) -> int:

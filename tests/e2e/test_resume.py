@@ -24,7 +24,7 @@ from narrator.simulator.fleet import Fleet, start_fleet
 from tests.support.job_support import requests
 from tests.support.pipeline_support import file_hashes, pipeline_config
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _staged_results(state_dir: Path) -> dict[str, tuple[bytes, int]]:

@@ -281,6 +281,7 @@ def _redis_values(conn: redis.Redis) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_password_redis_and_api_key_work_and_never_leak(
     small: Path, fleet: Fleet, secured_redis: LocalRedis, tmp_path: Path
 ) -> None:
@@ -353,6 +354,7 @@ def test_wrong_redis_password_is_a_clear_error(
     assert "not-the-password" not in status.stderr + run.stderr
 
 
+@pytest.mark.slow
 def test_acl_user_limited_to_narrator_keys_runs_the_pipeline(
     small: Path, fleet: Fleet, secured_redis: LocalRedis, tmp_path: Path
 ) -> None:
@@ -431,6 +433,7 @@ class TLSProxy:
         self.loop.close()
 
 
+@pytest.mark.slow
 def test_tls_redis_through_a_rediss_url(
     small: Path, fleet: Fleet, secured_redis: LocalRedis, tmp_path: Path
 ) -> None:

@@ -66,6 +66,7 @@ def _annotate_cli(
     )
 
 
+@pytest.mark.slow
 def test_state_lives_inside_the_dataset_and_readers_ignore_it(tmp_path: Path, fleet: Fleet) -> None:
     root = make_sample_dataset(tmp_path / "dataset", episodes=3, cameras=1, episodes_per_file=2)
     fingerprint = load_dataset_meta(root).fingerprint()
@@ -106,6 +107,7 @@ out.write_text(json.dumps({"code": code, "ok": report.ok, "errors": report.error
 """
 
 
+@pytest.mark.slow
 def test_a_dataset_root_that_is_a_mount_point_is_annotated(tmp_path: Path, fleet: Fleet) -> None:
     prefix = mount_prefix()
     if prefix is None:

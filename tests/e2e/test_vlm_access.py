@@ -21,7 +21,11 @@ from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import file_hashes
 
 SECRET = "sk-narrator-e2e-secret"
-pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(2, SimConfig(api_key=SECRET))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.fleet(2, SimConfig(api_key=SECRET)),
+]
 
 
 def annotate(root: Path, *args: str, key: str | None) -> subprocess.CompletedProcess[str]:

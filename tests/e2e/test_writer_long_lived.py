@@ -28,7 +28,7 @@ from narrator.writer.shard import EpisodeRange, build_language_columns, rewrite_
 from tests.support.pipeline_support import pipeline_config
 from tests.support.processes import RoleProcess, wait_until
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(2)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def _language(root: Path) -> dict[str, dict[int, EpisodeLanguage]]:

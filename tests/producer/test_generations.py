@@ -18,7 +18,7 @@ from narrator.simulator.fleet import Fleet
 from tests.support.job_support import committed, drain, enqueue, requests, settings
 from tests.support.pipeline_support import file_hashes
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_returning_to_earlier_settings_finalizes_and_commits_again(

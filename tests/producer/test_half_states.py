@@ -26,7 +26,7 @@ from narrator.simulator.fleet import Fleet
 from tests.support.job_support import committed, drain, enqueue, settings
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 VQA_ONLY = settings(modules=["vqa"])
 

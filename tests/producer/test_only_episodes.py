@@ -31,7 +31,7 @@ from tests.support.annotated_fixture import make_annotated_dataset
 from tests.support.job_support import NO_RETRIES, committed, drain, enqueue, requests, settings
 from tests.support.pipeline_support import file_hashes
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _enqueue(
