@@ -30,9 +30,11 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
-# Everything but the tests marked slow (process kills, soak-like and long end-to-end runs).
+# Everything but the tests marked slow (process kills, soak-like and long end-to-end runs),
+# on FAST_WORKERS processes (pytest-xdist; each has its own redis-server and simulated VLM).
+FAST_WORKERS ?= 2
 test-fast: $(STAMP) browser
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n $(FAST_WORKERS)
 
 # Python lines per module, then per package (narrator/* counted per sub-package).
 lines:

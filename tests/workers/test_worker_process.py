@@ -23,7 +23,11 @@ from tests.support.job_support import enqueue, pending_members, role_env
 from tests.support.processes import RoleProcess, wait_until
 
 # Slow answers (0.4 s each, 64 slots): jobs stay running long enough to be counted.
-pytestmark = [pytest.mark.timeout(180), pytest.mark.fleet(2, SimConfig(slots=64, base_s=0.4))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(180),
+    pytest.mark.fleet(2, SimConfig(slots=64, base_s=0.4)),
+]
 
 JOBS_PER_WORKER = 2
 EPISODES = 8
