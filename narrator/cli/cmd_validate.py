@@ -2,7 +2,8 @@
 
 Prints a summary per rule and per episode (episodes with findings; ``--all-episodes`` for
 every one) and the first findings in full; ``--json`` prints the whole report as JSON
-instead. Exit code 1 when any error is found, 0 otherwise (warnings do not fail).
+instead. Exit code 1 when any error is found, 0 otherwise (warnings do not fail); 2 when
+ROOT is no directory at all (a typo, not a broken dataset).
 """
 
 from __future__ import annotations
@@ -90,8 +91,14 @@ def format_report(report: CheckReport, *, all_episodes: bool = False, show: int 
 def run(args: argparse.Namespace) -> int:
     import orjson
 
+    from narrator.common.errors import ConfigError
     from narrator.inspection.dataset_check import check_annotated_dataset
 
+    root: Path = args.root
+    if not root.exists():
+        raise ConfigError(f"{root}: no such directory; give the root of a LeRobot v3 dataset")
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a directory; give the root of a LeRobot v3 dataset")
     report = check_annotated_dataset(args.root)
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -103,8 +103,10 @@ def _window_mono(run: PipelineRun) -> tuple[float, float]:
 
 
 def _job_capacity(run: PipelineRun, processes: int | None = None) -> int | None:
+    """The most jobs the worker processes can hold at once: ``max_jobs_per_worker`` each (a
+    process holds ``jobs_per_worker`` at least and takes more while the fleet has room)."""
     workers = processes if processes is not None else run.config.get("workers")
-    per = run.config.get("jobs_per_worker")
+    per = run.config.get("max_jobs_per_worker", run.config.get("jobs_per_worker"))
     return int(workers) * int(per) if workers and per else None
 
 

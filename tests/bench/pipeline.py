@@ -136,6 +136,7 @@ def _config_summary(config: NarratorConfig) -> dict[str, Any]:
     return {
         "workers": config.workers,
         "jobs_per_worker": config.jobs_per_worker,
+        "max_jobs_per_worker": config.max_jobs_per_worker,
         "max_in_flight_per_replica": config.vlm.max_in_flight_per_replica,
     }
 

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from narrator.common.config import VLMSettings, load_config
-from narrator.common.dataset.reader import DatasetMeta, load_dataset_meta, read_episode_frames
+from narrator.common.dataset.meta import DatasetMeta
+from narrator.common.dataset.reader import load_dataset_meta, read_episode_frames
 from narrator.common.logging import configure_logging
 from narrator.common.prompts import PromptSet, load_prompts
 from narrator.common.staging import ModuleResult
-from narrator.workers.frame_source import VideoFrameSource
+from narrator.workers.frame_source import EpisodeFrameSource
 from narrator.workers.modules.base import EpisodeContext, ModuleOutput, ModuleRunner
 from narrator.workers.modules.interjections import run_interjections
 from narrator.workers.modules.plan import run_plan
@@ -103,7 +104,7 @@ async def _context(
         settings=settings,
         prompts=prompts,
         model=model,
-        frame_source=VideoFrameSource(meta, ep, frames, settings.frames),
+        frame_source=EpisodeFrameSource(meta, ep, frames, settings.frames),
         upstream=upstream,
     )
 

@@ -96,6 +96,8 @@ BAD: list[tuple[str, str, str]] = [
     ("sample-dataset", "{tmp}/s --min-length 50 --max-length 10", "shorter than --min-length"),
     ("sample-dataset", "{precious}", "not an empty directory"),
     ("validate", "{root} --show x", "invalid int value"),
+    ("validate", "{tmp}/missing", "no such directory"),
+    ("validate", "{precious}/thesis.txt", "not a directory"),
     ("report", "{root} --out {tmp}", "is a directory"),
     ("report", "{root} --out {tmp}/r.html --max-episodes 0", "--max-episodes must be >= 1"),
     ("report", "{root}", "the following arguments are required: --out"),
