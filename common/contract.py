@@ -1,5 +1,6 @@
-"""The data contract of SPEC section 2: Arrow types, style routing, camera rule, speech atom,
-row order, and conversions between Python rows and Arrow arrays.
+"""The data contract of docs/CONTRACT.md §2 (output columns, row rules): Arrow types, style
+routing, camera rule, speech atom, row order, and conversions between Python rows and Arrow
+arrays.
 
 Invariants:
 * Arrow types are declared here, explicitly, and nowhere else; nothing is inferred.

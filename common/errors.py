@@ -87,7 +87,7 @@ class BadAnswerError(VLMError, PermanentError):
 
 
 class ContractError(PermanentError):
-    """Rows that break the data contract of SPEC section 2 or the rules of section 4."""
+    """Rows that break docs/CONTRACT.md §2 (row rules) or §4 (validation)."""
 
 
 # --- jobs --------------------------------------------------------------------------------

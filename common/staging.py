@@ -2,7 +2,7 @@
 
 A :class:`ModuleResult` holds one module's rows for one episode. Rows carry the
 *episode-relative frame index* they sit on, never a computed time: the writer copies the
-timestamp from the shard's ``timestamp`` column (SPEC section 2).
+timestamp from the shard's ``timestamp`` column (docs/CONTRACT.md §2, row rule 4).
 
 A result also keeps the parsed answers of its successful requests, keyed by a hash of the
 request (``answers``): a re-run of an episode whose result has failed items replays them

@@ -1,4 +1,5 @@
-"""Pure validation of one episode's language rows against SPEC sections 2 and 4.
+"""Pure validation of one episode's language rows against docs/CONTRACT.md §2 (row rules) and §4
+(validation).
 
 :func:`validate_episode` takes the rows of one episode (persistent rows with timestamps, event
 rows keyed by the episode-relative frame they sit on) and returns every problem it finds as a
@@ -6,7 +7,7 @@ rows keyed by the episode-relative frame they sit on) and returns every problem 
 is written) and ``narrator validate`` (after) share exactly the same rules.
 
 Invariants:
-* Errors are contract breaches (SPEC section 4: the shard must not be written; VQA
+* Errors are contract breaches (docs/CONTRACT.md §4: the shard must not be written; VQA
   coordinates outside the stored frame are one, when the frame sizes are given); warnings
   are quality problems (memory off a subtask boundary, subtasks not covering the episode;
   and, from :func:`coverage_findings` on a whole dataset, an episode without subtasks).
@@ -449,7 +450,7 @@ def validate_episode(
     plans: bool = True,
     frame_sizes: Mapping[str, FrameSize] | None = None,
 ) -> list[Finding]:
-    """Every rule of SPEC sections 2 and 4 over one episode's rows.
+    """Every rule of docs/CONTRACT.md §2 and §4 over one episode's rows.
 
     ``frame_timestamps`` are the episode's stored timestamps in frame order;
     ``events_by_frame`` maps an episode-relative frame index to the event rows on it;

@@ -4,6 +4,8 @@
   other, nor the CLI-side rooms (``narrator.cli``, ``narrator.local``, ...): they meet only in
   Redis and in ``narrator.common``.
 * ``narrator.common`` imports no role and no CLI-side room.
+* Each CLI-side room (``narrator.local``, ``narrator.ops``, ...) imports only the rooms the
+  table of docs/ARCHITECTURE.md gives it; ``narrator.cli`` may import everything.
 * There is one import name: nothing imports the folders by their bare names (``common``,
   ``workers``, ...), which would break in an installed wheel.
 """
@@ -62,6 +64,33 @@ def test_a_role_imports_only_itself_and_common(role: str) -> None:
 
 def test_common_imports_no_role_and_no_cli_room() -> None:
     assert violations(PACKAGES["common"], {"common"}) == []
+
+
+# The CLI-side rooms under narrator/ and what each may import besides itself (the table of
+# docs/ARCHITECTURE.md); narrator/cli, the composition root, may import everything.
+ROOMS: dict[str, set[str]] = {
+    "local": {"common", "producer", "workers", "ops"},
+    "ops": {"common", "producer"},
+    "hub": {"common", "inspection"},
+    "consumer": {"common"},
+    "inspection": {"common"},
+    "simulator": {"common", "samples"},
+    "samples": {"common"},
+}
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_a_cli_side_room_imports_only_what_the_architecture_page_says(room: str) -> None:
+    assert violations(REPO / "narrator" / room, ROOMS[room] | {room}) == []
+
+
+def test_every_room_under_narrator_has_its_rule() -> None:
+    rooms = {
+        p.name
+        for p in (REPO / "narrator").iterdir()
+        if p.is_dir() and not p.is_symlink() and p.name != "__pycache__"
+    }
+    assert rooms - {"cli"} == set(ROOMS)
 
 
 def project_sources() -> Iterator[Path]:

@@ -183,7 +183,7 @@ def _check_info(root: Path, out: list[Finding]) -> list[str]:
     elif says[0] != SAY_TOOL:
         out.append(
             _dataset_finding(
-                "say_tool", f"{path}: the {SAY_TOOL_NAME!r} tool differs from the SPEC's schema"
+                "say_tool", f"{path}: the {SAY_TOOL_NAME!r} tool differs from docs/CONTRACT.md §2"
             )
         )
     if LEGACY_SUBTASK_COLUMN in features:

@@ -36,6 +36,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.slow
 def test_serve_starts_replicas_annotates_and_stops_them(tmp_path: Path) -> None:
     root = make_sample_dataset(tmp_path / "ds", episodes=3, cameras=1)
     port = consecutive_free_ports(2)  # replica i listens on port + i

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from narrator.common.config import NarratorConfig, env_overrides, load_config
+from narrator.common.config import (
+    NarratorConfig,
+    env_overrides,
+    format_episode_ranges,
+    load_config,
+    normalize_base_url,
+    parse_episode_ranges,
+)
 from narrator.common.errors import ConfigError
 
 
@@ -123,4 +130,97 @@ def test_hub_repo_ids_are_user_slash_name(repo: str) -> None:
         load_config({"hub": {"repo_id": repo}}, env={})
     assert load_config({"hub": {"repo_id": " lerobot/pusht "}}, env={}).hub.repo_id == (
         "lerobot/pusht"
+    )
+
+
+# --- the pure helpers and validators of common/config.py, on their own ---------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("http://h:8000", "http://h:8000"),
+        ("http://h:8000/", "http://h:8000"),
+        ("http://h:8000/v1", "http://h:8000"),
+        (" https://h:8000/v1/ ", "https://h:8000"),
+        ("http://proxy/vlm/v1", "http://proxy/vlm"),  # a reverse proxy's prefix is kept
+        ("http://proxy/vlm/", "http://proxy/vlm"),
+    ],
+)
+def test_a_replica_url_has_one_spelling(url: str, base: str) -> None:
+    assert normalize_base_url(url) == base
+    assert normalize_base_url(base) == base  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("h:8000", "must look like http://host:port/v1"),
+        ("ftp://h/v1", "must look like http://host:port/v1"),
+        ("http://h:port/v1", "is not a valid URL"),
+        ("http://h:8000/v1?x=1", "must not have a query or fragment"),
+        ("http://h:8000/v1#top", "must not have a query or fragment"),
+    ],
+)
+def test_a_replica_url_that_is_not_one_is_refused(url: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        normalize_base_url(url)
+
+
+def test_episode_ranges_parse_to_sorted_indices_and_format_back_merged() -> None:
+    assert parse_episode_ranges(["10-12", " 3", "4", "3", "11"]) == [3, 4, 10, 11, 12]
+    assert parse_episode_ranges(["0-0"]) == [0]
+    assert format_episode_ranges([12, 3, 4, 5, 7, 7, 10, 11]) == ("3-5", "7", "10-12")
+    assert format_episode_ranges([]) == ()
+    for parts in (["0"], ["1", "3", "5"], ["2-9", "11", "20-21"]):
+        indices = parse_episode_ranges(parts)
+        assert parse_episode_ranges(list(format_episode_ranges(indices))) == indices
+
+
+@pytest.mark.parametrize(
+    ("parts", "fragment"),
+    [([], "name at least one episode"), (["0-10000000"], "more than 10 million")],
+)
+def test_episode_ranges_that_name_nothing_or_too_much_are_refused(
+    parts: list[str], fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        parse_episode_ranges(parts)
+
+
+@pytest.mark.parametrize(
+    ("cli", "fragment"),
+    [
+        ({"redis_url": "http://h:6379"}, "must start with redis://, rediss:// or unix://"),
+        ({"redis_url": "redis://h:notaport/0"}, "not a URL Redis understands"),
+        ({"redis_url": "redis://h:0/0"}, "the port must be 1-65535"),
+        ({"jobs_per_worker": 8, "max_jobs_per_worker": 4}, "must be at least jobs_per_worker"),
+        ({"log_level": "loud"}, "use one of debug, info, warning, error"),
+        ({"annotation": {"modules": []}}, "give at least one module"),
+        ({"annotation": {"modules": ["vqa", "vqa"]}}, "name one module twice"),
+        ({"annotation": {"modules": ["motion"]}}, "unknown modules"),
+    ],
+)
+def test_each_validator_refuses_what_it_guards(cli: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(cli, env={})
+
+
+def test_what_the_validators_accept() -> None:
+    config = load_config(
+        {
+            "redis_url": "unix:///run/redis.sock",
+            "jobs_per_worker": 4,
+            "max_jobs_per_worker": 4,
+            "log_level": " WARNING ",
+            "annotation": {"modules": ["vqa"]},
+        },
+        env={},
+    )
+    assert config.redis_url_value() == "unix:///run/redis.sock"
+    assert config.max_jobs_per_worker == config.jobs_per_worker == 4
+    assert config.log_level == "warning"
+    assert config.annotation.modules == ("vqa",)
+    assert load_config({"redis_url": "rediss://h:6380/1"}, env={}).redis_url_value() == (
+        "rediss://h:6380/1"
     )

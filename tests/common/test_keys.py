@@ -58,3 +58,24 @@ def test_typed_payloads_name_the_same_ids_and_round_trip() -> None:
     finalize = FinalizeJob(RUN, "data/chunk-000/file-000.parquet", "f" * 16)
     assert finalize.job_id == keys.finalize_job_id(RUN, finalize.data_file, finalize.generation)
     assert finalize.args() == (RUN, finalize.data_file, finalize.generation)
+
+
+def test_per_file_and_per_member_names_are_distinct_across_a_datasets_files() -> None:
+    """Every data file of a LeRobot layout (chunks x files) gets its own pending set and its
+    own finalize job id; members name module and episode."""
+    files = [f"data/chunk-{c:03d}/file-{f:03d}.parquet" for c in range(3) for f in range(12)]
+    assert len({keys.pending(RUN, f) for f in files}) == len(files)
+    assert len({keys.finalize_job_id(RUN, f, "g" * 16) for f in files}) == len(files)
+    assert all(keys.pending(RUN, f).endswith(f) for f in files)  # the file key, verbatim
+    members = {keys.member(m, e) for m in ("plan", "interjections", "vqa") for e in range(12)}
+    assert len(members) == 36 and keys.member("plan", 1) != keys.member("plan", 11)
+
+
+def test_ids_and_keys_differ_between_runs() -> None:
+    other = "ba9876543210"
+    assert keys.run(RUN) != keys.run(other)
+    assert keys.job_id(RUN, "vqa", 0, "h" * 16) != keys.job_id(other, "vqa", 0, "h" * 16)
+    assert keys.finalize_job_id(RUN, "data/x.parquet", "g" * 16) != keys.finalize_job_id(
+        other, "data/x.parquet", "g" * 16
+    )
+    assert keys.MODULE_QUEUE != keys.WRITER_QUEUE

@@ -205,6 +205,7 @@ def metric_total(exposition: str, name: str) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_compose_roles_annotate_a_sample_dataset(
     tmp_path: Path, redis_url: str, processes: Processes
 ) -> None:

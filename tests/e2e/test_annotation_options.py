@@ -18,18 +18,11 @@ from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.local.run import annotate
 from narrator.ops.status import read_status
 from narrator.samples.dataset import DEPTH_CAMERA, PLACEHOLDER_TASKS, make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from narrator.workers.modules.answers import numbered
 from tests.support.pipeline_support import file_hashes, pipeline_config, read_shards
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    f = start_fleet(2)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.fleet(2)]
 
 
 @pytest.fixture(scope="module")

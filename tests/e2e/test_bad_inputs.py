@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,11 @@ from narrator.cli.main import main
 from narrator.local.run import annotate
 from narrator.ops.status import format_status
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.bad_datasets import CASES
 from tests.support.pipeline_support import file_hashes, pipeline_config
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.fleet(2)]
 
 RUN_TIME = {
     "non_monotonic_timestamps",
@@ -48,13 +47,6 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sample_dataset(
         tmp_path_factory.mktemp("good") / "dataset", episodes=7, min_length=20, max_length=40
     )
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(2)
-    yield f
-    f.close()
 
 
 def test_there_are_at_least_twenty_kinds_of_damage() -> None:
@@ -127,6 +119,7 @@ def test_a_root_that_is_not_a_dataset(
 
 
 @pytest.mark.parametrize("case", sorted(RUN_TIME))
+@pytest.mark.slow
 def test_read_or_decode_damage_fails_its_episodes_and_writes_nothing(
     case: str,
     good: Path,

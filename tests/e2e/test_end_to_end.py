@@ -1,6 +1,6 @@
 """The whole path, for real: a LeRobot v3 dataset through the producer, Redis/rq, async
 workers talking HTTP to the simulated VLM, staged rows, and the writer; the output checked
-frame by frame against SPEC section 2 and read back with pyarrow and `datasets`."""
+frame by frame against docs/CONTRACT.md §2 and read back with pyarrow and `datasets`."""
 
 from __future__ import annotations
 
@@ -35,17 +35,10 @@ from narrator.common.runs import load_run
 from narrator.local.run import annotate
 from narrator.producer.enqueue import enqueue_run
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import file_hashes, info_json, pipeline_config, read_shards
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    f = start_fleet(2)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.timeout(300), pytest.mark.fleet(2)]
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +221,7 @@ def test_output_loads_with_datasets_and_lerobot_features(
     assert speech and speech[0]["tool_calls"][0]["function"]["name"] == "say"
 
 
+@pytest.mark.slow
 def test_writing_twice_gives_identical_files(
     annotated: tuple[Path, str, str], fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -13,7 +13,6 @@ are never frozen as done (issue 10.2).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,10 @@ from narrator.simulator.fleet import Fleet, start_fleet
 from tests.support.job_support import committed, drain, enqueue, requests, settings
 from tests.support.pipeline_support import file_hashes, pipeline_config
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.fleet(2)]
 
 VQA = {"modules": ["vqa"], "vqa": {"vqa_hz": 2.0}}
 FAULTS = {"error_rate": 0.25, "error_status": 400}  # a refused request: an item failure
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(2)
-    yield f
-    f.close()
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -38,11 +37,11 @@ from narrator.ops.status import format_status, read_status
 from narrator.producer.enqueue import enqueue_run
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import DEFAULT_MODEL
-from narrator.simulator.fleet import Fleet, start_fleet
-from tests.support.pipeline_support import file_hashes, pipeline_config
+from narrator.simulator.fleet import Fleet
+from tests.support.pipeline_support import file_hashes, output_hashes, pipeline_config
 from tests.support.processes import RoleProcess, wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 # The writer with a slow disk: every fsync takes FSYNC_DELAY_S, so a shard rewrite (temp
 # file, fsync, rename) and the commit (renames, fsyncs, info.json) stay open long enough
@@ -64,13 +63,6 @@ sys.exit(main(["writer"]))
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(2)
-    yield f
-    f.close()
-
-
-@pytest.fixture(scope="module")
 def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sample_dataset(
         tmp_path_factory.mktemp("faults-proc") / "original",
@@ -80,14 +72,6 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
         min_length=20,
         max_length=40,
     )
-
-
-def output_hashes(root: Path) -> dict[str, str]:
-    return {
-        rel: digest
-        for rel, digest in file_hashes(root).items()
-        if rel.startswith("data/") or rel == "meta/info.json"
-    }
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,21 +27,15 @@ from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.local.run import AnnotateResult, annotate, child_env
 from narrator.ops.status import RunStatus, format_status, read_status, retry_failed
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
-from tests.support.pipeline_support import file_hashes, pipeline_config
+from narrator.simulator.fleet import Fleet
+from tests.support.job_support import requests
+from tests.support.pipeline_support import file_hashes, output_hashes, pipeline_config
 from tests.support.processes import RoleProcess, wait_until
-
-pytestmark = pytest.mark.timeout(240)
 
 REPLICAS = 3
 LATENCY_S = 0.02
 
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(REPLICAS)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(REPLICAS)]
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +48,6 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
         min_length=20,
         max_length=40,
     )
-
-
-def output_hashes(root: Path) -> dict[str, str]:
-    """Hashes of what a run may change: the data shards and meta/info.json."""
-    return {
-        rel: digest
-        for rel, digest in file_hashes(root).items()
-        if rel.startswith("data/") or rel == "meta/info.json"
-    }
 
 
 @dataclass
@@ -147,10 +132,6 @@ def clean(
     assert_valid(outcome)
     assert outcome.counter(":retries") == 0 and outcome.status.item_failures == 0
     return output_hashes(outcome.root)
-
-
-def requests_made(fleet: Fleet) -> int:
-    return sum(int(fleet.stats(i)["requests_total"]) for i in range(REPLICAS))
 
 
 # --- faults a retry or the parser absorbs completely -------------------------------------
@@ -268,7 +249,7 @@ def test_unusable_answers_are_corrected_or_counted(
 
 
 def _after_requests(fleet: Fleet, count: int, timeout_s: float = 120) -> None:
-    wait_until(lambda: requests_made(fleet) >= count, timeout_s, "the run made no progress")
+    wait_until(lambda: requests(fleet) >= count, timeout_s, "the run made no progress")
 
 
 def test_replica_dying_mid_run_costs_no_annotation(

@@ -6,7 +6,6 @@ points against the frames as stored."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -17,17 +16,10 @@ from narrator.common.dataset.reader import load_dataset_meta
 from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.local.run import annotate
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import pipeline_config
 
-pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _coordinates(root: Path) -> list[tuple[str, list[float]]]:

@@ -6,7 +6,6 @@ command again downloads nothing, asks nothing and pushes again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,10 @@ from narrator.hub.card import split_front_matter
 from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import DEFAULT_MODEL
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.fake_hub import FakeHub
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_download_annotate_and_push(

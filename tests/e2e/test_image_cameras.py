@@ -4,7 +4,6 @@ prompts when an image camera is the dataset's first camera."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,10 @@ from narrator.common.dataset.reader import load_dataset_meta
 from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.local.run import annotate
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import pipeline_config
 
-pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(2)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def _images_sent(fleet: Fleet) -> int:

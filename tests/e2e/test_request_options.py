@@ -6,23 +6,15 @@ recomputes the run (it is in the module hashes) while the same command again ask
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from narrator.cli.main import main
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _chat_requests(fleet: Fleet) -> int:

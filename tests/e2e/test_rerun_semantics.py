@@ -1,4 +1,4 @@
-"""Re-running after a change recomputes only what the change affects (SPEC section 6):
+"""Re-running after a change recomputes only what the change affects (docs/CONTRACT.md §6):
 a changed prompt recomputes its module, a changed plan setting recomputes plan and the
 interjections that read it, and every result records the hashes of the prompts that made it."""
 
@@ -16,10 +16,10 @@ from narrator.common import keys
 from narrator.common.prompts import SHIPPED_DIR, load_prompts
 from narrator.local.run import annotate
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import pipeline_config
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def _requests_by_module(fleet: Fleet) -> Counter[str]:
@@ -39,13 +39,6 @@ def _results(conn: redis.Redis, run_id: str) -> dict[str, dict[str, object]]:
 
 def _by_module(results: dict[str, dict[str, object]], module: str) -> dict[str, object]:
     return {k: v for k, v in results.items() if f":result:{module}:" in k}
-
-
-@pytest.fixture
-def fleet() -> Fleet:
-    f = start_fleet(2)
-    yield f
-    f.close()
 
 
 def test_changed_prompt_or_setting_recomputes_only_what_it_affects(

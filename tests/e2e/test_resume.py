@@ -21,13 +21,10 @@ from narrator.local.redis_server import LocalRedis
 from narrator.local.run import annotate
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.fleet import Fleet, start_fleet
+from tests.support.job_support import requests
 from tests.support.pipeline_support import file_hashes, pipeline_config
 
-pytestmark = pytest.mark.timeout(300)
-
-
-def _requests(fleet: Fleet) -> int:
-    return sum(int(fleet.stats(i)["requests_total"]) for i in range(len(fleet.urls)))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _staged_results(state_dir: Path) -> dict[str, tuple[bytes, int]]:
@@ -76,7 +73,7 @@ def test_ctrl_c_then_resume_repeats_no_finished_request(tmp_path: Path) -> None:
             progress=False,
         )
         assert ref.exit_code == 0
-        total = _requests(fleet)
+        total = requests(fleet)
 
         # Interrupted run: Ctrl-C (SIGINT) once a third of the requests were made.
         root = tmp_path / "resumed" / "dataset"
@@ -87,14 +84,14 @@ def test_ctrl_c_then_resume_repeats_no_finished_request(tmp_path: Path) -> None:
         env = {**os.environ, "NARRATOR_LOG_FORMAT": "json", "NARRATOR_VLM__HEDGE": "false"}
         proc = subprocess.Popen(_annotate_cmd(root, state, fleet), env=env, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
-        while _requests(fleet) < total // 3:
+        while requests(fleet) < total // 3:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err.decode()[-2000:]
-        first = _requests(fleet)
+        first = requests(fleet)
         assert first < total, "the run finished before it could be interrupted"
         staged = _staged_results(state)
         assert staged, "nothing was finished before Ctrl-C"
@@ -106,7 +103,7 @@ def test_ctrl_c_then_resume_repeats_no_finished_request(tmp_path: Path) -> None:
             _annotate_cmd(root, state, fleet), env=env, capture_output=True, timeout=240
         )
         assert proc2.returncode == 0, proc2.stderr.decode()[-3000:]
-        second = _requests(fleet)
+        second = requests(fleet)
     finally:
         fleet.close()
 

@@ -57,13 +57,13 @@ from narrator.local.run import annotate
 from narrator.producer.enqueue import enqueue_run
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import DEFAULT_MODEL, SimConfig
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import file_hashes, pipeline_config
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.timeout(180)
-
 API_KEY = "sk-secret-narrator-test-0123456789abcdef"
+# The replicas, like ``vllm serve --api-key``, answer only requests bearing API_KEY.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.fleet(2, SimConfig(api_key=API_KEY))]
 REDIS_PASSWORD = "redis-pw-7f3c9e2a51d84b06"
 ACL_PASSWORD = "acl-pw-c41d7be9035f"
 
@@ -85,14 +85,6 @@ Gj1HSAEW6WLjQMnq2xRISN2SEFmhRANCAASxq/uSbB7QnaMFz1pc4uSN/VeCoMGF
 z/8FZ3drPw+H/y88XUiOpTMMHhuVaAAB6XoQ8Ey01kSvxIaxOpOTb/RZ
 -----END PRIVATE KEY-----
 """
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    """Replicas that, like ``vllm serve --api-key``, answer only requests bearing API_KEY."""
-    f = start_fleet(2, SimConfig(api_key=API_KEY))
-    yield f
-    f.close()
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +281,7 @@ def _redis_values(conn: redis.Redis) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_password_redis_and_api_key_work_and_never_leak(
     small: Path, fleet: Fleet, secured_redis: LocalRedis, tmp_path: Path
 ) -> None:
@@ -361,6 +354,7 @@ def test_wrong_redis_password_is_a_clear_error(
     assert "not-the-password" not in status.stderr + run.stderr
 
 
+@pytest.mark.slow
 def test_acl_user_limited_to_narrator_keys_runs_the_pipeline(
     small: Path, fleet: Fleet, secured_redis: LocalRedis, tmp_path: Path
 ) -> None:
@@ -439,6 +433,7 @@ class TLSProxy:
         self.loop.close()
 
 
+@pytest.mark.slow
 def test_tls_redis_through_a_rediss_url(
     small: Path, fleet: Fleet, secured_redis: LocalRedis, tmp_path: Path
 ) -> None:

@@ -28,23 +28,13 @@ from narrator.common.dataset.reader import load_dataset_meta
 from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.local.run import annotate
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
+from tests.support.job_support import requests
 from tests.support.mounts import mount_prefix
 from tests.support.pipeline_support import file_hashes
 from tests.support.processes import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
-
-
-def _requests(fleet: Fleet) -> int:
-    return sum(int(fleet.stats(i)["requests_total"]) for i in range(len(fleet.urls)))
 
 
 def _env() -> dict[str, str]:
@@ -76,6 +66,7 @@ def _annotate_cli(
     )
 
 
+@pytest.mark.slow
 def test_state_lives_inside_the_dataset_and_readers_ignore_it(tmp_path: Path, fleet: Fleet) -> None:
     root = make_sample_dataset(tmp_path / "dataset", episodes=3, cameras=1, episodes_per_file=2)
     fingerprint = load_dataset_meta(root).fingerprint()
@@ -116,6 +107,7 @@ out.write_text(json.dumps({"code": code, "ok": report.ok, "errors": report.error
 """
 
 
+@pytest.mark.slow
 def test_a_dataset_root_that_is_a_mount_point_is_annotated(tmp_path: Path, fleet: Fleet) -> None:
     prefix = mount_prefix()
     if prefix is None:
@@ -169,7 +161,7 @@ def test_a_read_only_dataset_is_refused_at_start(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("narrator: ") and "is not writable" in lines[0]
     assert "read-write" in lines[0]
-    assert _requests(fleet) == 0  # refused before any VLM request
+    assert requests(fleet) == 0  # refused before any VLM request
     assert file_hashes(root) == before
     assert not (root / ".narrator").exists()
 
@@ -186,6 +178,6 @@ def test_staging_on_another_filesystem_is_refused_at_start(tmp_path: Path, fleet
         assert done.returncode == 2, done.stderr[-3000:]
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "another filesystem" in lines[0], done.stderr
-        assert _requests(fleet) == 0
+        assert requests(fleet) == 0
     finally:
         subprocess.run(["rm", "-rf", str(state)], check=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,19 +17,15 @@ from narrator.common.runs import default_state_dir
 from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator import SimConfig
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import file_hashes
 
-pytestmark = pytest.mark.timeout(240)
-
 SECRET = "sk-narrator-e2e-secret"
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    running = start_fleet(2, SimConfig(api_key=SECRET))
-    yield running
-    running.close()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.fleet(2, SimConfig(api_key=SECRET)),
+]
 
 
 def annotate(root: Path, *args: str, key: str | None) -> subprocess.CompletedProcess[str]:

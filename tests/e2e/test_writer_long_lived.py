@@ -8,7 +8,6 @@ first, and a row another tool added in between.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,19 +23,12 @@ from narrator.ops.status import format_status, read_status
 from narrator.producer.enqueue import enqueue_run
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import DEFAULT_MODEL
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from narrator.writer.shard import EpisodeRange, build_language_columns, rewrite_shard
 from tests.support.pipeline_support import pipeline_config
 from tests.support.processes import RoleProcess, wait_until
 
-pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(2)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def _language(root: Path) -> dict[str, dict[int, EpisodeLanguage]]:

@@ -1,4 +1,5 @@
-"""Fixtures of the one-machine runner's process tests: a simulated VLM fleet, a sample
+"""Fixtures of the one-machine runner's process tests (each module asks for a two-replica
+``fleet`` with ``pytest.mark.fleet(2)``; the fixture is in tests/conftest.py): a sample
 dataset, the hashes of an uninterrupted run's output, and helpers to run `narrator annotate`
 as a real process (in its own session, as a terminal would start it) and to find its
 processes by pid."""
@@ -9,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
@@ -17,18 +17,11 @@ import pytest
 
 from narrator.local.run import annotate
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
-from tests.support.pipeline_support import file_hashes, pipeline_config
+from narrator.simulator.fleet import Fleet
+from tests.support.pipeline_support import output_hashes, pipeline_config
 from tests.support.processes import REPO_ROOT
 
 LATENCY_S = 0.05  # slow enough that a run is still going when the test acts on it
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(2)
-    yield f
-    f.close()
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +30,6 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("local-proc") / "original", episodes=6, cameras=1,
         episodes_per_file=2,
     )  # fmt: skip
-
-
-def output_hashes(root: Path) -> dict[str, str]:
-    """What annotate writes: the data shards and meta/info.json."""
-    return {
-        rel: digest
-        for rel, digest in file_hashes(root).items()
-        if rel.startswith("data/") or rel == "meta/info.json"
-    }
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +50,6 @@ def set_latency(fleet: Fleet, latency_s: float) -> None:
     for i in range(len(fleet.urls)):
         fleet.set_faults(i, latency_s=latency_s)
     fleet.reset()
-
-
-def requests_served(fleet: Fleet) -> int:
-    return sum(int(fleet.stats(i)["requests_total"]) for i in range(len(fleet.urls)))
 
 
 def annotate_argv(root: Path, state: Path, fleet: Fleet, *extra: str) -> list[str]:

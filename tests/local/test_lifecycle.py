@@ -30,14 +30,14 @@ from tests.local.conftest import (
     annotate_argv,
     descendants,
     is_redis_server,
-    output_hashes,
-    requests_served,
     set_latency,
     start_annotate,
 )
+from tests.support.job_support import requests
+from tests.support.pipeline_support import output_hashes
 from tests.support.processes import REPO_ROOT, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.fleet(2)]
 
 # annotate, then: redis-server, writer, worker pool parent, 2 pool processes (at least).
 RUN_PROCESSES = 5
@@ -54,7 +54,7 @@ def _running_run(
     argv = annotate_argv(root, state, fleet)
     proc = start_annotate(argv, tmp_path / "annotate.log")
     wait_until(
-        lambda: requests_served(fleet) >= 6 and len(descendants(proc.pid)) >= RUN_PROCESSES,
+        lambda: requests(fleet) >= 6 and len(descendants(proc.pid)) >= RUN_PROCESSES,
         120,
         "annotate did not get its processes up and answers coming",
     )

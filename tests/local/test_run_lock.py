@@ -26,7 +26,7 @@ from tests.local.conftest import (
 )
 from tests.support.processes import REPO_ROOT, wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.fleet(2)]
 
 
 def test_the_run_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
@@ -67,6 +67,7 @@ def test_a_redis_data_dir_held_by_a_running_server_is_refused(tmp_path: Path) ->
     second.stop()
 
 
+@pytest.mark.slow
 def test_an_orphaned_server_whose_owner_died_is_shut_down_before_a_new_one_starts(
     tmp_path: Path,
 ) -> None:
@@ -91,6 +92,7 @@ def test_an_orphaned_server_whose_owner_died_is_shut_down_before_a_new_one_start
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_second_annotate_exits_2_naming_the_first_while_status_still_works(
     original: Path, fleet: Fleet, tmp_path: Path
 ) -> None:

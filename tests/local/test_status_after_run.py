@@ -18,7 +18,7 @@ from narrator.simulator.fleet import Fleet
 from tests.local.conftest import annotate_argv, set_latency
 from tests.support.processes import REPO_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.fleet(2)]
 
 
 def _narrator(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ simulated VLM."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,11 @@ import redis
 
 from narrator.ops.status import format_status, read_status
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.job_support import committed, drain, enqueue, requests, settings
 from tests.support.pipeline_support import file_hashes
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_returning_to_earlier_settings_finalizes_and_commits_again(

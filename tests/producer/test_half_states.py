@@ -7,7 +7,6 @@ leftover job and the run commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -23,20 +22,13 @@ from narrator.common import keys
 from narrator.common.queueing import module_queue
 from narrator.producer.enqueue import EnqueueSummary
 from narrator.samples.dataset import make_sample_dataset
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.job_support import committed, drain, enqueue, settings
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 VQA_ONLY = settings(modules=["vqa"])
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
 
 
 def _first_run(tmp_path: Path, conn: redis.Redis) -> tuple[Path, EnqueueSummary, Job]:

@@ -6,7 +6,6 @@ again resumes (or is complete); the selection is recorded in the run and shown b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,19 +26,12 @@ from narrator.producer.enqueue import EnqueueSummary, enqueue_run
 from narrator.producer.selection import files_without_language, selected_members
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import DEFAULT_MODEL
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.annotated_fixture import make_annotated_dataset
 from tests.support.job_support import NO_RETRIES, committed, drain, enqueue, requests, settings
 from tests.support.pipeline_support import file_hashes
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _enqueue(

@@ -14,7 +14,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -219,12 +218,6 @@ def content_of(reply: dict[str, Any]) -> str:
     return str(reply["choices"][0]["message"]["content"])
 
 
-@pytest.fixture
-async def fleet() -> AsyncIterator[AsyncFleet]:
-    async with await start_fleet_async(1) as running:
-        yield running
-
-
 # --- answers (pure) ----------------------------------------------------------------------
 
 
@@ -288,8 +281,8 @@ def test_span_fields_become_consecutive_spans_covering_the_range() -> None:
 # --- HTTP API ------------------------------------------------------------------------------
 
 
-async def test_health_models_and_metrics(fleet: AsyncFleet) -> None:
-    url = fleet.urls[0]
+async def test_health_models_and_metrics(async_fleet: AsyncFleet) -> None:
+    url = async_fleet.urls[0]
     assert (await get(url, "/health"))[0] == 200
     status, raw = await get(url, "/v1/models")
     assert status == 200 and orjson.loads(raw)["data"][0]["id"] == MODEL
@@ -298,8 +291,8 @@ async def test_health_models_and_metrics(fleet: AsyncFleet) -> None:
     assert b"max_num_seqs" not in raw, "vLLM publishes no capacity figure; neither do we"
 
 
-async def test_schema_answer_is_valid_deterministic_and_counted(fleet: AsyncFleet) -> None:
-    url = fleet.urls[0]
+async def test_schema_answer_is_valid_deterministic_and_counted(async_fleet: AsyncFleet) -> None:
+    url = async_fleet.urls[0]
     status, reply = await post(url, chat_body(BBOX))
     assert status == 200
     assert reply["object"] == "chat.completion"
@@ -318,13 +311,13 @@ async def test_schema_answer_is_valid_deterministic_and_counted(fleet: AsyncFlee
     assert usage["prompt_tokens"] == math.ceil(text_chars / 4) + 256
     assert usage["completion_tokens"] == math.ceil(len(content_of(reply)) / 4)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    stats = fleet.stats(0)
+    stats = async_fleet.stats(0)
     assert stats["requests_total"] == 6 and stats["by_schema"] == {"answer": 6}
     assert stats["by_status"] == {"200": 6} and stats["images"] == 6
 
 
-async def test_text_answer_and_vllm_extra_parameters(fleet: AsyncFleet) -> None:
-    status, reply = await post(fleet.urls[0], chat_body(None))
+async def test_text_answer_and_vllm_extra_parameters(async_fleet: AsyncFleet) -> None:
+    status, reply = await post(async_fleet.urls[0], chat_body(None))
     assert status == 200 and "{" not in content_of(reply) and len(content_of(reply)) > 5
     extras = {
         "top_p": 0.9,
@@ -336,10 +329,10 @@ async def test_text_answer_and_vllm_extra_parameters(fleet: AsyncFleet) -> None:
         "user": "t",
         "guided_json": SPATIAL,
     }
-    status, reply = await post(fleet.urls[0], chat_body(None, **extras))
+    status, reply = await post(async_fleet.urls[0], chat_body(None, **extras))
     assert status == 200 and len(reply["choices"]) == 2
     jsonschema.validate(orjson.loads(content_of(reply)), SPATIAL)
-    assert fleet.stats(0)["by_schema"]["guided_json"] == 1
+    assert async_fleet.stats(0)["by_schema"]["guided_json"] == 1
 
 
 @pytest.mark.parametrize(
@@ -408,23 +401,23 @@ async def test_text_answer_and_vllm_extra_parameters(fleet: AsyncFleet) -> None:
     ],
 )
 async def test_invalid_requests_get_openai_style_errors(
-    fleet: AsyncFleet, change: dict[str, Any], status: int, needle: str
+    async_fleet: AsyncFleet, change: dict[str, Any], status: int, needle: str
 ) -> None:
-    got, body = await post(fleet.urls[0], {**chat_body(BBOX), **change})
+    got, body = await post(async_fleet.urls[0], {**chat_body(BBOX), **change})
     assert got == status
     assert set(body["error"]) >= {"message", "type", "code"} and body["error"]["code"] == status
     assert needle in body["error"]["message"]
-    assert fleet.stats(0)["by_status"] == {str(status): 1}
+    assert async_fleet.stats(0)["by_status"] == {str(status): 1}
 
 
-async def test_body_that_is_not_json_is_rejected(fleet: AsyncFleet) -> None:
-    status, body = await post(fleet.urls[0], b"{not json")
+async def test_body_that_is_not_json_is_rejected(async_fleet: AsyncFleet) -> None:
+    status, body = await post(async_fleet.urls[0], b"{not json")
     assert status == 400 and "JSON decode error" in body["error"]["message"]
     assert body["error"]["type"] == "Bad Request" and body["error"]["param"] == "body"
 
 
-async def test_small_max_tokens_cuts_the_answer_with_length(fleet: AsyncFleet) -> None:
-    status, reply = await post(fleet.urls[0], chat_body(BBOX, max_tokens=8))
+async def test_small_max_tokens_cuts_the_answer_with_length(async_fleet: AsyncFleet) -> None:
+    status, reply = await post(async_fleet.urls[0], chat_body(BBOX, max_tokens=8))
     assert status == 200 and reply["choices"][0]["finish_reason"] == "length"
     assert len(content_of(reply)) == 32
     with pytest.raises(orjson.JSONDecodeError):
@@ -434,9 +427,9 @@ async def test_small_max_tokens_cuts_the_answer_with_length(fleet: AsyncFleet) -
 # --- faults --------------------------------------------------------------------------------
 
 
-async def test_wrapping_faults_keep_the_json_inside(fleet: AsyncFleet) -> None:
-    fleet.set_faults(0, think_tags=True, prose=True, fences=True)
-    content = content_of((await post(fleet.urls[0], chat_body(SPATIAL)))[1])
+async def test_wrapping_faults_keep_the_json_inside(async_fleet: AsyncFleet) -> None:
+    async_fleet.set_faults(0, think_tags=True, prose=True, fences=True)
+    content = content_of((await post(async_fleet.urls[0], chat_body(SPATIAL)))[1])
     assert content.startswith("<think>") and "</think>" in content
     assert "```json\n{" in content and content.rstrip().endswith("more.")
     inner = content.split("```json\n", 1)[1].split("\n```", 1)[0]
@@ -444,64 +437,68 @@ async def test_wrapping_faults_keep_the_json_inside(fleet: AsyncFleet) -> None:
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
-async def test_error_rate_answers_the_configured_status(fleet: AsyncFleet, status: int) -> None:
-    fleet.set_faults(0, error_rate=1.0, error_status=status)
-    got, body = await post(fleet.urls[0], chat_body(SPATIAL))
+async def test_error_rate_answers_the_configured_status(
+    async_fleet: AsyncFleet, status: int
+) -> None:
+    async_fleet.set_faults(0, error_rate=1.0, error_status=status)
+    got, body = await post(async_fleet.urls[0], chat_body(SPATIAL))
     assert got == status and body["error"]["code"] == status
 
 
-async def test_content_faults(fleet: AsyncFleet) -> None:
-    url = fleet.urls[0]
-    fleet.set_faults(0, wrong_shape_rate=1.0)
+async def test_content_faults(async_fleet: AsyncFleet) -> None:
+    url = async_fleet.urls[0]
+    async_fleet.set_faults(0, wrong_shape_rate=1.0)
     shaped = orjson.loads(content_of((await post(url, chat_body(SPATIAL)))[1]))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(shaped, SPATIAL)
-    fleet.set_faults(0, wrong_shape_rate=0.0, garbage_rate=1.0)
+    async_fleet.set_faults(0, wrong_shape_rate=0.0, garbage_rate=1.0)
     assert "{" not in content_of((await post(url, chat_body(SPATIAL)))[1])
-    fleet.set_faults(0, garbage_rate=0.0, truncate_rate=1.0)
+    async_fleet.set_faults(0, garbage_rate=0.0, truncate_rate=1.0)
     _, reply = await post(url, chat_body(SPATIAL))
     assert reply["choices"][0]["finish_reason"] == "length"
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(content_of(reply))
-    fleet.set_faults(0, truncate_rate=0.0, ignore_schema=True)
+    async_fleet.set_faults(0, truncate_rate=0.0, ignore_schema=True)
     loose = orjson.loads(content_of((await post(url, chat_body(SPATIAL)))[1]))
     assert {"subject", "relation", "object"} <= set(loose)
     with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
         jsonschema.validate(loose, SPATIAL)
 
 
-async def test_rates_between_zero_and_one_hit_some_requests(fleet: AsyncFleet) -> None:
-    fleet.set_faults(0, error_rate=0.5, error_status=503)
-    statuses = [(await post(fleet.urls[0], chat_body(SPATIAL)))[0] for _ in range(40)]
+async def test_rates_between_zero_and_one_hit_some_requests(async_fleet: AsyncFleet) -> None:
+    async_fleet.set_faults(0, error_rate=0.5, error_status=503)
+    statuses = [(await post(async_fleet.urls[0], chat_body(SPATIAL)))[0] for _ in range(40)]
     assert 5 <= statuses.count(503) <= 35 and statuses.count(200) == 40 - statuses.count(503)
 
 
-async def test_hang_lasts_until_the_client_gives_up(fleet: AsyncFleet) -> None:
-    fleet.set_faults(0, hang_rate=1.0)
+async def test_hang_lasts_until_the_client_gives_up(async_fleet: AsyncFleet) -> None:
+    async_fleet.set_faults(0, hang_rate=1.0)
     timeout = aiohttp.ClientTimeout(total=0.5)
     started = time.monotonic()
     async with aiohttp.ClientSession(timeout=timeout) as session:
         with pytest.raises(TimeoutError):
-            await session.post(fleet.urls[0] + "/v1/chat/completions", json=chat_body(SPATIAL))
+            await session.post(
+                async_fleet.urls[0] + "/v1/chat/completions", json=chat_body(SPATIAL)
+            )
     assert time.monotonic() - started >= 0.45
     await wait_until_async(
-        lambda: fleet.stats(0)["in_flight"] == 0 and fleet.stats(0)["by_status"],
+        lambda: async_fleet.stats(0)["in_flight"] == 0 and async_fleet.stats(0)["by_status"],
         30,
         "the hung request was never released",
     )
-    stats = fleet.stats(0)
+    stats = async_fleet.stats(0)
     assert stats["hung"] == 1 and stats["in_flight"] == 0 and stats["by_status"] == {"499": 1}
 
 
-async def test_latency_delays_every_answer(fleet: AsyncFleet) -> None:
-    fleet.set_faults(0, latency_s=0.3)
+async def test_latency_delays_every_answer(async_fleet: AsyncFleet) -> None:
+    async_fleet.set_faults(0, latency_s=0.3)
     started = time.monotonic()
-    assert (await post(fleet.urls[0], chat_body(SPATIAL)))[0] == 200
+    assert (await post(async_fleet.urls[0], chat_body(SPATIAL)))[0] == 200
     assert time.monotonic() - started >= 0.3
 
 
-async def test_dead_drops_connections_but_admin_still_works(fleet: AsyncFleet) -> None:
-    url = fleet.urls[0]
+async def test_dead_drops_connections_but_admin_still_works(async_fleet: AsyncFleet) -> None:
+    url = async_fleet.urls[0]
     status, _ = await post(url, {"dead": True}, "/admin/faults")
     assert status == 200
     for path in ("/v1/chat/completions", "/health"):
@@ -513,17 +510,17 @@ async def test_dead_drops_connections_but_admin_still_works(fleet: AsyncFleet) -
     assert (await get(url, "/health"))[0] == 200
 
 
-async def test_admin_faults_validate_and_reset(fleet: AsyncFleet) -> None:
-    url = fleet.urls[0]
+async def test_admin_faults_validate_and_reset(async_fleet: AsyncFleet) -> None:
+    url = async_fleet.urls[0]
     for bad in ({"eror_rate": 1}, {"error_rate": 2}, {"think_tags": "yes"}, {"slots": 0}):
         status, body = await post(url, bad, "/admin/faults")
         assert status == 400 and body["error"]["message"]
     status, config = await post(url, {"prose": True, "slots": 3}, "/admin/faults")
     assert status == 200 and config["faults"]["prose"] is True and config["slots"] == 3
     await post(url, chat_body(SPATIAL))
-    assert fleet.stats(0)["requests_total"] == 1
+    assert async_fleet.stats(0)["requests_total"] == 1
     await post(url, {}, "/admin/reset")
-    assert fleet.stats(0)["requests_total"] == 0
+    assert async_fleet.stats(0)["requests_total"] == 0
     assert orjson.loads((await get(url, "/admin/faults"))[1])["faults"]["prose"] is True
     await post(url, {}, "/admin/reset?faults=1")
     assert orjson.loads((await get(url, "/admin/faults"))[1])["faults"]["prose"] is False

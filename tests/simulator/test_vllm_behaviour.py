@@ -17,7 +17,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -95,36 +94,34 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-async def fleet() -> AsyncIterator[AsyncFleet]:
-    async with await start_fleet_async(1) as running:
-        yield running
-
-
-async def test_unknown_top_level_fields_are_accepted_and_ignored(fleet: AsyncFleet) -> None:
-    status, reply, _ = await call(fleet.urls[0], CHAT, text_body(temperatur=0.3, foo={"x": 1}))
+async def test_unknown_top_level_fields_are_accepted_and_ignored(async_fleet: AsyncFleet) -> None:
+    status, reply, _ = await call(
+        async_fleet.urls[0], CHAT, text_body(temperatur=0.3, foo={"x": 1})
+    )
     assert status == 200 and reply["object"] == "chat.completion"
-    assert fleet.stats(0)["ignored_fields"] == {"foo": 1, "temperatur": 1}
+    assert async_fleet.stats(0)["ignored_fields"] == {"foo": 1, "temperatur": 1}
 
 
-async def test_sampling_options_are_counted_as_sent(fleet: AsyncFleet) -> None:
+async def test_sampling_options_are_counted_as_sent(async_fleet: AsyncFleet) -> None:
     status, _, _ = await call(
-        fleet.urls[0], CHAT, text_body(temperature=0.7, seed=5, reasoning_effort="low")
+        async_fleet.urls[0], CHAT, text_body(temperature=0.7, seed=5, reasoning_effort="low")
     )
     assert status == 200
-    options = fleet.stats(0)["request_options"]
+    options = async_fleet.stats(0)["request_options"]
     assert options["temperature=0.7"] == 1 and options["seed"] == 1
     assert options["reasoning_effort=low"] == 1
-    assert not fleet.stats(0)["ignored_fields"]  # vLLM takes reasoning_effort
+    assert not async_fleet.stats(0)["ignored_fields"]  # vLLM takes reasoning_effort
 
 
-async def test_any_role_is_handed_on_like_vllm(fleet: AsyncFleet) -> None:
+async def test_any_role_is_handed_on_like_vllm(async_fleet: AsyncFleet) -> None:
     body = text_body(messages=[{"role": "robot", "content": "hello"}])
-    assert (await call(fleet.urls[0], CHAT, body))[0] == 200
+    assert (await call(async_fleet.urls[0], CHAT, body))[0] == 200
 
 
-async def test_file_url_image_is_a_500(fleet: AsyncFleet) -> None:
-    status, reply, _ = await call(fleet.urls[0], CHAT, body_with_image("file:///etc/hostname"))
+async def test_file_url_image_is_a_500(async_fleet: AsyncFleet) -> None:
+    status, reply, _ = await call(
+        async_fleet.urls[0], CHAT, body_with_image("file:///etc/hostname")
+    )
     assert status == 500
     assert reply["error"] == {
         "message": "Cannot load local files without `--allowed-local-media-path`.",
@@ -134,9 +131,9 @@ async def test_file_url_image_is_a_500(fleet: AsyncFleet) -> None:
     }
 
 
-async def test_unreachable_image_url_is_a_500(fleet: AsyncFleet) -> None:
+async def test_unreachable_image_url_is_a_500(async_fleet: AsyncFleet) -> None:
     url = f"http://127.0.0.1:{closed_port()}/frame.jpg"
-    status, reply, _ = await call(fleet.urls[0], CHAT, body_with_image(url))
+    status, reply, _ = await call(async_fleet.urls[0], CHAT, body_with_image(url))
     assert status == 500 and reply["error"]["type"] == "InternalServerError"
     assert "127.0.0.1" in reply["error"]["message"]
 
@@ -171,8 +168,8 @@ async def test_reachable_image_url_is_fetched_and_answered() -> None:
         ("data:image/jpeg;base64,aGVsbG8=", "Failed to load image"),
     ],
 )
-async def test_bad_image_data_is_a_400(fleet: AsyncFleet, url: str, message: str) -> None:
-    status, reply, _ = await call(fleet.urls[0], CHAT, body_with_image(url))
+async def test_bad_image_data_is_a_400(async_fleet: AsyncFleet, url: str, message: str) -> None:
+    status, reply, _ = await call(async_fleet.urls[0], CHAT, body_with_image(url))
     assert status == 400 and reply["error"]["type"] == "BadRequestError"
     assert message in reply["error"]["message"] and reply["error"]["param"] is None
 
@@ -205,8 +202,8 @@ def test_kept_alive_connection_is_closed_after_a_500() -> None:
             connection.close()
 
 
-async def test_fastapi_level_errors_are_detail_bodies(fleet: AsyncFleet) -> None:
-    url = fleet.urls[0]
+async def test_fastapi_level_errors_are_detail_bodies(async_fleet: AsyncFleet) -> None:
+    url = async_fleet.urls[0]
     status, body, _ = await call(url, "/nothing", method="GET")
     assert (status, body) == (404, {"detail": "Not Found"})
     status, body, _ = await call(url, "/v1/nothing", method="GET")
@@ -248,17 +245,17 @@ async def test_fastapi_level_errors_are_detail_bodies(fleet: AsyncFleet) -> None
     ],
 )
 async def test_error_bodies_have_vllm_types_and_params(
-    fleet: AsyncFleet, change: dict[str, Any], param: str | None, error_type: str, needle: str
+    async_fleet: AsyncFleet, change: dict[str, Any], param: str | None, error_type: str, needle: str
 ) -> None:
-    status, reply, _ = await call(fleet.urls[0], CHAT, text_body(**change))
+    status, reply, _ = await call(async_fleet.urls[0], CHAT, text_body(**change))
     assert status == 400
     assert set(reply["error"]) == {"message", "type", "param", "code"}
     assert reply["error"]["param"] == param and reply["error"]["type"] == error_type
     assert needle in reply["error"]["message"] and reply["error"]["code"] == 400
 
 
-async def test_wrong_model_is_a_404_like_vllm(fleet: AsyncFleet) -> None:
-    status, reply, _ = await call(fleet.urls[0], CHAT, text_body(model="no-such-model"))
+async def test_wrong_model_is_a_404_like_vllm(async_fleet: AsyncFleet) -> None:
+    status, reply, _ = await call(async_fleet.urls[0], CHAT, text_body(model="no-such-model"))
     assert status == 404
     assert reply["error"] == {
         "message": f"The model `no-such-model` does not exist. Valid aliases: {MODEL}.",
@@ -291,8 +288,8 @@ async def test_context_limits_like_vllm() -> None:
         assert reply["usage"]["completion_tokens"] <= room
 
 
-async def test_models_listing_has_vllm_fields(fleet: AsyncFleet) -> None:
-    _, listing, _ = await call(fleet.urls[0], "/v1/models", method="GET")
+async def test_models_listing_has_vllm_fields(async_fleet: AsyncFleet) -> None:
+    _, listing, _ = await call(async_fleet.urls[0], "/v1/models", method="GET")
     model = listing["data"][0]
     assert model["owned_by"] == "vllm" and model["max_model_len"] == SimConfig.max_model_len
     assert {"id", "object", "created", "root", "parent"} <= set(model)

@@ -10,7 +10,7 @@
   fields of every request it is asked and when it started and ended, so tests can see what
   the module asked (the HTTP exchange itself is untouched).
 * :func:`contract_findings` - the rows a module produced, placed on their frames' stored
-  timestamps and run through the writer's validation (SPEC section 4).
+  timestamps and run through the writer's validation (docs/CONTRACT.md §4).
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def contract_findings(
     vqa_types: Mapping[tuple[int, str], str] | None = None,
     plans: bool = True,
 ) -> list[Finding]:
-    """Check ``rows`` the way the writer will: module styles, then SPEC section 4 rules."""
+    """Check ``rows`` the way the writer will: module styles, then docs/CONTRACT.md §4 rules."""
     check_module_rows(module, list(rows))
     return _findings(ctx, rows, vqa_types, plans)
 

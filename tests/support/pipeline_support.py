@@ -25,6 +25,15 @@ def file_hashes(root: Path) -> dict[str, str]:
     }
 
 
+def output_hashes(root: Path) -> dict[str, str]:
+    """Hashes of what a run may change: the data shards and meta/info.json."""
+    return {
+        rel: digest
+        for rel, digest in file_hashes(root).items()
+        if rel.startswith("data/") or rel == "meta/info.json"
+    }
+
+
 def pipeline_config(
     urls: list[str], *, redis_url: str | None, state_dir: Path, workers: int = 2, **extra: Any
 ) -> NarratorConfig:

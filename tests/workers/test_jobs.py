@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,13 +52,6 @@ class GatedVLM:
         self.waiting += 1
         await self.gate.wait()
         return await self.inner.ask(request, parse)
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1)
-    yield f
-    f.close()
 
 
 async def _poll(predicate: Any, timeout_s: float, what: str) -> None:

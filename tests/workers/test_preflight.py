@@ -3,26 +3,20 @@ simulated server: model chosen or checked, key refused, wrong URL, unreachable r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from pydantic import SecretStr
 
 from narrator.common.config import VLMSettings
 from narrator.common.errors import VLMAccessError, VLMUnavailableError
 from narrator.local.redis_server import free_port
-from narrator.simulator import SimConfig, start_fleet_async
+from narrator.simulator import SimConfig
 from narrator.simulator.fleet import AsyncFleet
 from narrator.workers.preflight import ReplicaCheck, probe_fleet, verdict
 
 MODEL = "narrator-sim-vlm"
 SECRET = "sk-preflight-secret"
 
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[AsyncFleet]:
-    async with await start_fleet_async(2, SimConfig(api_key=SECRET)) as running:
-        yield running
+pytestmark = pytest.mark.fleet(2, SimConfig(api_key=SECRET))
 
 
 def vlm(urls: list[str], **values: object) -> VLMSettings:
@@ -31,45 +25,47 @@ def vlm(urls: list[str], **values: object) -> VLMSettings:
     )
 
 
-async def test_the_model_is_taken_from_the_servers_or_checked(fleet: AsyncFleet) -> None:
-    found = await probe_fleet(vlm(fleet.urls))
-    assert found.model == MODEL and found.serving == tuple(fleet.urls)
+async def test_the_model_is_taken_from_the_servers_or_checked(async_fleet: AsyncFleet) -> None:
+    found = await probe_fleet(vlm(async_fleet.urls))
+    assert found.model == MODEL and found.serving == tuple(async_fleet.urls)
     assert not found.unreachable
-    assert (await probe_fleet(vlm(fleet.urls, model=MODEL))).model == MODEL
+    assert (await probe_fleet(vlm(async_fleet.urls, model=MODEL))).model == MODEL
 
 
-async def test_a_model_no_replica_serves_is_one_clear_line(fleet: AsyncFleet) -> None:
+async def test_a_model_no_replica_serves_is_one_clear_line(async_fleet: AsyncFleet) -> None:
     with pytest.raises(VLMAccessError) as caught:
-        await probe_fleet(vlm([u + "/v1" for u in fleet.urls], model="no-such-model"))
+        await probe_fleet(vlm([u + "/v1" for u in async_fleet.urls], model="no-such-model"))
     message = str(caught.value)
-    assert fleet.urls[0] in message and "'no-such-model'" in message
+    assert async_fleet.urls[0] in message and "'no-such-model'" in message
     assert f"it serves: {MODEL}" in message and "--model" in message
     assert "\n" not in message
 
 
 @pytest.mark.parametrize("key", [None, "sk-wrong-key"])
 async def test_a_refused_key_names_the_replica_the_status_and_the_fix(
-    fleet: AsyncFleet, key: str | None
+    async_fleet: AsyncFleet, key: str | None
 ) -> None:
-    settings = vlm(fleet.urls, api_key=SecretStr(key) if key else None)
+    settings = vlm(async_fleet.urls, api_key=SecretStr(key) if key else None)
     with pytest.raises(VLMAccessError) as caught:
         await probe_fleet(settings)
     message = str(caught.value)
-    assert fleet.urls[0] in message and "HTTP 401" in message
+    assert async_fleet.urls[0] in message and "HTTP 401" in message
     assert "NARRATOR_VLM_API_KEY" in message and "vllm serve --api-key" in message
     assert SECRET not in message and (key is None or key not in message)
     assert "\n" not in message
 
 
-async def test_a_url_without_an_openai_api_is_refused(fleet: AsyncFleet) -> None:
+async def test_a_url_without_an_openai_api_is_refused(async_fleet: AsyncFleet) -> None:
     with pytest.raises(VLMAccessError, match=r"HTTP 404.*base URL, e\.g\. http://host:8000/v1"):
-        await probe_fleet(vlm([fleet.urls[0] + "/not-here/v1"]))
+        await probe_fleet(vlm([async_fleet.urls[0] + "/not-here/v1"]))
 
 
-async def test_unreachable_replicas_are_reported_and_the_others_used(fleet: AsyncFleet) -> None:
+async def test_unreachable_replicas_are_reported_and_the_others_used(
+    async_fleet: AsyncFleet,
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    found = await probe_fleet(vlm([dead, *fleet.urls]))
-    assert found.model == MODEL and found.serving == tuple(fleet.urls)
+    found = await probe_fleet(vlm([dead, *async_fleet.urls]))
+    assert found.model == MODEL and found.serving == tuple(async_fleet.urls)
     assert [c.replica for c in found.unreachable] == [dead]
     assert found.unreachable[0].status is None and found.unreachable[0].problem
 

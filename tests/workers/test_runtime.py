@@ -31,14 +31,14 @@ from rq.serializers import JSONSerializer
 from narrator.common.errors import ConfigError, TransientError
 from narrator.common.rq_internals import AsyncJobWorker
 from narrator.simulator.config import SimConfig
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from narrator.workers.context import WorkerContext, open_worker_context
 from narrator.workers.intake import IntakeLimits
 from narrator.workers.runtime import TrackedVLM, WorkerRuntime
 from narrator.workers.vlm_api import ChatRequest, as_object
 from tests.support.pipeline_support import pipeline_config
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.fleet(1, SimConfig(base_s=0.05))]
 
 QUEUE = "narrator-runtime-test"
 GATES: dict[str, asyncio.Event] = {}
@@ -100,13 +100,6 @@ async def ask_then_wait(ctx: WorkerContext, item: str) -> str:
 
 
 # --- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    f = start_fleet(1, SimConfig(base_s=0.05))
-    yield f
-    f.close()
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ import base64
 import io
 import math
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jsonschema
@@ -33,6 +32,7 @@ from narrator.workers.vlm_protocol import backoff_delay
 from tests.support.processes import wait_until_async
 
 MODEL = "narrator-sim-vlm"
+pytestmark = pytest.mark.fleet(3, SimConfig(slots=8))
 SPATIAL = {
     "type": "object",
     "properties": {
@@ -120,20 +120,15 @@ def total(fleet: AsyncFleet, key: str = "requests_total") -> int:
     return sum(fleet.stats(i)[key] for i in range(len(fleet.replicas)))
 
 
-@pytest.fixture
-async def fleet() -> AsyncIterator[AsyncFleet]:
-    async with await start_fleet_async(3, SimConfig(slots=8)) as running:
-        yield running
-
-
-async def test_happy_path_returns_parsed_json_and_counts(fleet: AsyncFleet) -> None:
+async def test_happy_path_returns_parsed_json_and_counts(async_fleet: AsyncFleet) -> None:
     before = REGISTRY.get_sample_value(
-        "narrator_vlm_requests_total", {"replica": fleet.urls[0], "module": "vqa", "outcome": "ok"}
+        "narrator_vlm_requests_total",
+        {"replica": async_fleet.urls[0], "module": "vqa", "outcome": "ok"},
     )
-    async with VLMClient(settings(fleet)) as client:
+    async with VLMClient(settings(async_fleet)) as client:
         answer = await ask(client, chat_template_kwargs={"enable_thinking": False})
         strict_check(answer.data)
-        assert answer.replica in fleet.urls and answer.attempts == 1
+        assert answer.replica in async_fleet.urls and answer.attempts == 1
         assert answer.finish_reason == "stop" and answer.images == 1
         assert answer.prompt_tokens > 0 and answer.completion_tokens > 0
         counters = client.counters()
@@ -142,92 +137,95 @@ async def test_happy_path_returns_parsed_json_and_counts(fleet: AsyncFleet) -> N
     assert counters["vqa:prompt_tokens"] == answer.prompt_tokens
     assert counters["vqa:completion_tokens"] == answer.completion_tokens
     assert "vqa:retries" not in counters
-    assert sum(fleet.stats(i)["by_schema"].get("vqa_spatial", 0) for i in range(3)) == 1
+    assert sum(async_fleet.stats(i)["by_schema"].get("vqa_spatial", 0) for i in range(3)) == 1
     after = REGISTRY.get_sample_value(
-        "narrator_vlm_requests_total", {"replica": fleet.urls[0], "module": "vqa", "outcome": "ok"}
+        "narrator_vlm_requests_total",
+        {"replica": async_fleet.urls[0], "module": "vqa", "outcome": "ok"},
     )
-    assert (after or 0) - (before or 0) == (1 if answer.replica == fleet.urls[0] else 0)
+    assert (after or 0) - (before or 0) == (1 if answer.replica == async_fleet.urls[0] else 0)
 
 
-async def test_resolve_model_asks_the_server_unless_configured(fleet: AsyncFleet) -> None:
-    async with VLMClient(settings(fleet)) as client:
+async def test_resolve_model_asks_the_server_unless_configured(async_fleet: AsyncFleet) -> None:
+    async with VLMClient(settings(async_fleet)) as client:
         assert await client.resolve_model() == MODEL
-    async with VLMClient(settings(fleet, model="served-name")) as client:
+    async with VLMClient(settings(async_fleet, model="served-name")) as client:
         assert await client.resolve_model() == "served-name"
 
 
-async def test_wrapped_answers_are_parsed_without_retry(fleet: AsyncFleet) -> None:
+async def test_wrapped_answers_are_parsed_without_retry(async_fleet: AsyncFleet) -> None:
     for index in range(3):
-        fleet.set_faults(index, think_tags=True, prose=True, fences=True)
-    async with VLMClient(settings(fleet)) as client:
+        async_fleet.set_faults(index, think_tags=True, prose=True, fences=True)
+    async with VLMClient(settings(async_fleet)) as client:
         answers = await asyncio.gather(*(ask(client, f"q{i}") for i in range(6)))
     assert all(a.attempts == 1 for a in answers)
     assert "vqa:corrective_retries" not in client.counters()
 
 
-async def test_server_errors_are_retried_on_another_replica(fleet: AsyncFleet) -> None:
-    fleet.set_faults(0, error_rate=1.0, error_status=503)
-    async with VLMClient(settings(fleet)) as client:
+async def test_server_errors_are_retried_on_another_replica(async_fleet: AsyncFleet) -> None:
+    async_fleet.set_faults(0, error_rate=1.0, error_status=503)
+    async with VLMClient(settings(async_fleet)) as client:
         answers = await asyncio.gather(*(ask(client, f"q{i}") for i in range(12)))
-        assert all(a.replica != fleet.urls[0] for a in answers)
-        assert fleet.stats(0)["by_status"].get("503", 0) >= 1
+        assert all(a.replica != async_fleet.urls[0] for a in answers)
+        assert async_fleet.stats(0)["by_status"].get("503", 0) >= 1
         assert client.counters()["vqa:retries"] >= 1
         assert not client.pool.replicas[0].healthy or client.pool.replicas[0].failure_streak > 0
 
 
-async def test_hanging_replica_times_out_and_the_request_moves_on(fleet: AsyncFleet) -> None:
-    fleet.set_faults(0, hang_rate=1.0)
-    async with VLMClient(settings(fleet, timeout_s=0.4)) as client:
+async def test_hanging_replica_times_out_and_the_request_moves_on(async_fleet: AsyncFleet) -> None:
+    async_fleet.set_faults(0, hang_rate=1.0)
+    async with VLMClient(settings(async_fleet, timeout_s=0.4)) as client:
         answers = await asyncio.gather(*(ask(client, f"q{i}") for i in range(6)))
-    assert all(a.replica != fleet.urls[0] for a in answers)
-    assert fleet.stats(0)["hung"] >= 1
+    assert all(a.replica != async_fleet.urls[0] for a in answers)
+    assert async_fleet.stats(0)["hung"] >= 1
 
 
-async def test_dead_replica_is_taken_out_and_requests_still_succeed(fleet: AsyncFleet) -> None:
-    await fleet.stop_replica(1)
-    async with VLMClient(settings(fleet)) as client:
+async def test_dead_replica_is_taken_out_and_requests_still_succeed(
+    async_fleet: AsyncFleet,
+) -> None:
+    await async_fleet.stop_replica(1)
+    async with VLMClient(settings(async_fleet)) as client:
         answers = await asyncio.gather(*(ask(client, f"q{i}") for i in range(20)))
-        assert len(answers) == 20 and all(a.replica != fleet.urls[1] for a in answers)
+        assert len(answers) == 20 and all(a.replica != async_fleet.urls[1] for a in answers)
         await wait_until_async(
             lambda: [r.healthy for r in client.pool.replicas] == [True, False, True],
             30,
             "the dead replica was not taken out",
         )
-        label = {"replica": fleet.urls[1]}
+        label = {"replica": async_fleet.urls[1]}
         assert REGISTRY.get_sample_value("narrator_vlm_replica_healthy", label) == 0
-        await fleet.start_replica(1)
+        await async_fleet.start_replica(1)
         await wait_until_async(
             lambda: client.pool.replicas[1].healthy, 30, "the replica did not come back"
         )
 
 
 async def test_all_replicas_down_gives_unavailable_after_the_attempt_budget(
-    fleet: AsyncFleet,
+    async_fleet: AsyncFleet,
 ) -> None:
     for index in range(3):
-        await fleet.stop_replica(index)
-    async with VLMClient(settings(fleet, max_attempts=4)) as client:
+        await async_fleet.stop_replica(index)
+    async with VLMClient(settings(async_fleet, max_attempts=4)) as client:
         with pytest.raises(VLMUnavailableError, match="after 4 attempts"):
             await ask(client)
         counters = client.counters()
     assert counters["vqa:attempts"] == 4 and counters["vqa:failures:unavailable"] == 1
 
 
-async def test_requests_survive_a_short_outage_of_every_replica(fleet: AsyncFleet) -> None:
+async def test_requests_survive_a_short_outage_of_every_replica(async_fleet: AsyncFleet) -> None:
     for index in range(3):
-        await fleet.stop_replica(index)
-    async with VLMClient(settings(fleet, backoff_base_s=0.05, backoff_max_s=0.2)) as client:
+        await async_fleet.stop_replica(index)
+    async with VLMClient(settings(async_fleet, backoff_base_s=0.05, backoff_max_s=0.2)) as client:
 
         async def restart() -> None:
             await asyncio.sleep(0.15)
             for index in range(3):
-                await fleet.start_replica(index)
+                await async_fleet.start_replica(index)
 
         answer, _ = await asyncio.gather(ask(client), restart())
     assert answer.attempts > 1
 
 
-async def test_corrective_retry_fixes_a_bad_answer(fleet: AsyncFleet) -> None:
+async def test_corrective_retry_fixes_a_bad_answer(async_fleet: AsyncFleet) -> None:
     calls: list[dict[str, Any]] = []
 
     def picky(data: dict[str, Any]) -> None:
@@ -235,31 +233,31 @@ async def test_corrective_retry_fixes_a_bad_answer(fleet: AsyncFleet) -> None:
         if len(calls) == 1:
             raise ValueError("relation must describe the cube")
 
-    async with VLMClient(settings(fleet)) as client:
+    async with VLMClient(settings(async_fleet)) as client:
         answer = await ask(client, check=picky)
         counters = client.counters()
     assert answer.attempts == 2 and len(calls) == 2
-    assert counters["vqa:corrective_retries"] == 1 and total(fleet) == 2
+    assert counters["vqa:corrective_retries"] == 1 and total(async_fleet) == 2
 
 
 @pytest.mark.parametrize("fault", ["wrong_shape_rate", "garbage_rate"])
 async def test_persistently_bad_answers_end_in_bad_answer_error(
-    fleet: AsyncFleet, fault: str
+    async_fleet: AsyncFleet, fault: str
 ) -> None:
     for index in range(3):
-        fleet.set_faults(index, **{fault: 1.0})
-    async with VLMClient(settings(fleet)) as client:
+        async_fleet.set_faults(index, **{fault: 1.0})
+    async with VLMClient(settings(async_fleet)) as client:
         with pytest.raises(BadAnswerError, match="after a corrective retry"):
             await ask(client)
         counters = client.counters()
-    assert total(fleet) == 2
+    assert total(async_fleet) == 2
     assert counters["vqa:corrective_retries"] == 1 and counters["vqa:failures:bad_answer"] == 1
 
 
-async def test_ignored_schema_is_caught_by_the_check(fleet: AsyncFleet) -> None:
+async def test_ignored_schema_is_caught_by_the_check(async_fleet: AsyncFleet) -> None:
     for index in range(3):
-        fleet.set_faults(index, ignore_schema=True)
-    async with VLMClient(settings(fleet)) as client:
+        async_fleet.set_faults(index, ignore_schema=True)
+    async with VLMClient(settings(async_fleet)) as client:
         with pytest.raises(BadAnswerError, match="Additional properties"):
             await ask(client)
         answer = await ask(client, check=None)
@@ -274,7 +272,7 @@ async def test_ignored_schema_is_caught_by_the_check(fleet: AsyncFleet) -> None:
     ],
 )
 async def test_refused_requests_are_not_retried(
-    fleet: AsyncFleet,
+    async_fleet: AsyncFleet,
     change: dict[str, Any],
     status: str,
     error: type[Exception],
@@ -283,11 +281,11 @@ async def test_refused_requests_are_not_retried(
     """A wrong model (404) refuses every request: VLMAccessError, which fails the job; a
     request too long for the model (400) is refused alone: VLMRequestRejectedError, which
     fails the item. Neither is retried."""
-    async with VLMClient(settings(fleet)) as client:
+    async with VLMClient(settings(async_fleet)) as client:
         with pytest.raises(error, match=f"HTTP {status}"):
             await ask(client, **change)
         counters = client.counters()
-    assert total(fleet) == 1 and counters[f"vqa:failures:{counter}"] == 1
+    assert total(async_fleet) == 1 and counters[f"vqa:failures:{counter}"] == 1
     assert "vqa:retries" not in counters
 
 
@@ -300,8 +298,8 @@ def test_access_errors_are_not_item_errors() -> None:
     assert issubclass(VLMRequestRejectedError, ITEM_ERRORS)
 
 
-async def test_cut_answer_is_retried_once_with_doubled_max_tokens(fleet: AsyncFleet) -> None:
-    async with VLMClient(settings(fleet)) as client:
+async def test_cut_answer_is_retried_once_with_doubled_max_tokens(async_fleet: AsyncFleet) -> None:
+    async with VLMClient(settings(async_fleet)) as client:
         full = await ask(client, max_tokens=1000)
         needed = full.completion_tokens
         fixed = await ask(client, max_tokens=math.ceil(needed * 0.6))
@@ -312,39 +310,39 @@ async def test_cut_answer_is_retried_once_with_doubled_max_tokens(fleet: AsyncFl
     assert client.counters()["vqa:length_retries"] == 2
 
 
-async def test_truncating_server_ends_in_bad_answer_error(fleet: AsyncFleet) -> None:
+async def test_truncating_server_ends_in_bad_answer_error(async_fleet: AsyncFleet) -> None:
     for index in range(3):
-        fleet.set_faults(index, truncate_rate=1.0)
-    async with VLMClient(settings(fleet)) as client:
+        async_fleet.set_faults(index, truncate_rate=1.0)
+    async with VLMClient(settings(async_fleet)) as client:
         with pytest.raises(BadAnswerError, match="cut at max_tokens=512"):
             await ask(client)
-    assert total(fleet) == 2
+    assert total(async_fleet) == 2
 
 
-async def test_in_flight_budget_is_never_exceeded_and_load_spreads(fleet: AsyncFleet) -> None:
+async def test_in_flight_budget_is_never_exceeded_and_load_spreads(async_fleet: AsyncFleet) -> None:
     for index in range(3):
-        fleet.set_faults(index, base_s=0.05)
-    async with VLMClient(settings(fleet, max_in_flight_per_replica=2)) as client:
+        async_fleet.set_faults(index, base_s=0.05)
+    async with VLMClient(settings(async_fleet, max_in_flight_per_replica=2)) as client:
         answers = await asyncio.gather(*(ask(client, f"q{i}") for i in range(30)))
     assert len(answers) == 30
     for index in range(3):
-        stats = fleet.stats(index)
+        stats = async_fleet.stats(index)
         assert stats["max_in_flight"] <= 2
         assert stats["requests_total"] >= 5, stats["requests_total"]
 
 
-async def test_least_loaded_choice_sends_less_to_a_slow_replica(fleet: AsyncFleet) -> None:
-    fleet.set_faults(0, base_s=0.6)
-    fleet.set_faults(1, base_s=0.01)
-    fleet.set_faults(2, base_s=0.01)
-    async with VLMClient(settings(fleet, max_in_flight_per_replica=8)) as client:
+async def test_least_loaded_choice_sends_less_to_a_slow_replica(async_fleet: AsyncFleet) -> None:
+    async_fleet.set_faults(0, base_s=0.6)
+    async_fleet.set_faults(1, base_s=0.01)
+    async_fleet.set_faults(2, base_s=0.01)
+    async with VLMClient(settings(async_fleet, max_in_flight_per_replica=8)) as client:
 
         async def staggered(i: int) -> Any:
             await asyncio.sleep(0.025 * i)
             return await ask(client, f"q{i}")
 
         await asyncio.gather(*(staggered(i) for i in range(20)))
-    counts = [fleet.stats(i)["requests_total"] for i in range(3)]
+    counts = [async_fleet.stats(i)["requests_total"] for i in range(3)]
     # the slow replica holds its first request for 0.6 s, so the fast ones (idle again long
     # before the next arrival) have fewer in flight and take nearly everything meanwhile
     assert counts[0] <= 3 and min(counts[1:]) >= 7, counts
@@ -363,16 +361,16 @@ async def test_api_key_is_sent_and_never_logged() -> None:
                 await ask(anonymous)
 
 
-async def test_retries_are_logged_with_replica_status_and_attempt(fleet: AsyncFleet) -> None:
+async def test_retries_are_logged_with_replica_status_and_attempt(async_fleet: AsyncFleet) -> None:
     for index in range(3):
-        fleet.set_faults(index, error_rate=1.0, error_status=500)
+        async_fleet.set_faults(index, error_rate=1.0, error_status=500)
     with capture_logs() as logs:
-        async with VLMClient(settings(fleet, max_attempts=2)) as client:
+        async with VLMClient(settings(async_fleet, max_attempts=2)) as client:
             with pytest.raises(VLMUnavailableError):
                 await ask(client)
     retries = [e for e in logs if e["event"] == "vlm_attempt_failed_will_retry"]
     assert [e["attempt"] for e in retries] == [1, 2]
-    assert all(e["outcome"] == "http_500" and e["replica"] in fleet.urls for e in retries)
+    assert all(e["outcome"] == "http_500" and e["replica"] in async_fleet.urls for e in retries)
 
 
 def test_backoff_is_full_jitter_capped() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -20,6 +20,8 @@ from narrator.workers.replicas import ReplicaPool
 from narrator.workers.vlm_client import VLMClient
 from tests.workers.test_vlm_client import ask, settings, strict_check
 
+pytestmark = pytest.mark.fleet(3, SimConfig(slots=8))
+
 
 async def eventually(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
     """Poll ``predicate`` on the running loop until it is truthy, or fail after a deadline."""
@@ -28,12 +30,6 @@ async def eventually(predicate: Callable[[], object], timeout_s: float, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} (after {timeout_s:.0f} s)")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[AsyncFleet]:
-    async with await start_fleet_async(3, SimConfig(slots=8)) as running:
-        yield running
 
 
 # --- response_format json_schema refused ---------------------------------------------------
@@ -64,10 +60,12 @@ async def test_a_replica_refusing_json_schema_is_asked_with_json_object(status: 
     assert counters["vqa:attempts"] == 7 and "vqa:retries" not in counters
 
 
-async def test_an_unrelated_server_error_does_not_switch_the_format(fleet: AsyncFleet) -> None:
+async def test_an_unrelated_server_error_does_not_switch_the_format(
+    async_fleet: AsyncFleet,
+) -> None:
     for index in range(3):
-        fleet.set_faults(index, error_rate=0.5, error_status=500)
-    async with VLMClient(settings(fleet)) as client:
+        async_fleet.set_faults(index, error_rate=0.5, error_status=500)
+    async with VLMClient(settings(async_fleet)) as client:
         await asyncio.gather(*(ask(client, f"q{i}") for i in range(12)))
         assert not any(r.json_object for r in client.pool.replicas)
         assert client.counters()["vqa:retries"] >= 1
@@ -77,13 +75,15 @@ async def test_an_unrelated_server_error_does_not_switch_the_format(fleet: Async
 
 
 async def test_a_replica_hanging_half_its_requests_is_ejected_then_probed_back(
-    fleet: AsyncFleet,
+    async_fleet: AsyncFleet,
 ) -> None:
-    fleet.set_faults(0, hang_rate=0.5)  # it still answers /health
+    async_fleet.set_faults(0, hang_rate=0.5)  # it still answers /health
     events: list[tuple[str, bool, str]] = []
-    config = settings(fleet, timeout_s=0.5, health_interval_s=0.1, max_in_flight_per_replica=2)
+    config = settings(
+        async_fleet, timeout_s=0.5, health_interval_s=0.1, max_in_flight_per_replica=2
+    )
     async with VLMClient(config, observer=lambda *e: events.append(e)) as client:
-        url = fleet.urls[0]
+        url = async_fleet.urls[0]
 
         def ejected() -> bool:
             return any(e[0] == url and not e[1] and "failure rate" in e[2] for e in events)
@@ -97,11 +97,11 @@ async def test_a_replica_hanging_half_its_requests_is_ejected_then_probed_back(
         replica = client.pool.replicas[0]
         assert not replica.healthy and replica.reason_kind == "rate"
         # Out of rotation it gets no more work, although /health says it is fine.
-        before = fleet.stats(0)["requests_total"]
+        before = async_fleet.stats(0)["requests_total"]
         await asyncio.gather(*(ask(client, f"after{i}") for i in range(12)))
-        assert fleet.stats(0)["requests_total"] == before
+        assert async_fleet.stats(0)["requests_total"] == before
         # Repaired, it comes back through a probe request, not through /health.
-        fleet.clear_faults(0)
+        async_fleet.clear_faults(0)
         await eventually(
             lambda: any(e[0] == url and e[1] and "probe" in e[2] for e in events),
             15,
@@ -155,16 +155,16 @@ async def test_a_hedged_request_returns_the_first_answer_and_cancels_the_other()
 
 
 async def test_a_fast_primary_is_not_hedged_and_independent_requests_never_are(
-    fleet: AsyncFleet,
+    async_fleet: AsyncFleet,
 ) -> None:
-    async with VLMClient(settings(fleet, timeout_s=20.0, hedge_min_delay_s=5.0)) as client:
+    async with VLMClient(settings(async_fleet, timeout_s=20.0, hedge_min_delay_s=5.0)) as client:
         await asyncio.gather(*(ask(client, f"chain{i}", on_chain=True) for i in range(6)))
         assert "vqa:hedges" not in client.counters()
-    fleet.set_faults(0, hang_rate=1.0)
-    async with VLMClient(settings(fleet, timeout_s=0.4, hedge_min_delay_s=0.05)) as client:
+    async_fleet.set_faults(0, hang_rate=1.0)
+    async with VLMClient(settings(async_fleet, timeout_s=0.4, hedge_min_delay_s=0.05)) as client:
         answer = await ask(client, "independent")  # not on a chain: timeout, then a retry
         counters = client.counters()
-    assert answer.replica != fleet.urls[0] and answer.attempts == 2
+    assert answer.replica != async_fleet.urls[0] and answer.attempts == 2
     assert "vqa:hedges" not in counters and counters["vqa:retries"] == 1
 
 
@@ -248,10 +248,10 @@ async def test_spare_capacity_counts_replicas_in_rotation_and_can_be_awaited() -
 
 @pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
 async def test_every_openai_spelling_of_a_base_url_reaches_the_replica(
-    fleet: AsyncFleet, suffix: str
+    async_fleet: AsyncFleet, suffix: str
 ) -> None:
-    config = settings(fleet, urls=tuple(u + suffix for u in fleet.urls))
-    assert config.urls == tuple(fleet.urls)
+    config = settings(async_fleet, urls=tuple(u + suffix for u in async_fleet.urls))
+    assert config.urls == tuple(async_fleet.urls)
     async with VLMClient(config) as client:
         assert (await ask(client)).attempts == 1
         assert await client.resolve_model() == "narrator-sim-vlm"
@@ -284,12 +284,12 @@ async def start_prefix_proxy(target: str, prefix: str) -> web.AppRunner:
     return runner
 
 
-async def test_a_path_prefix_before_v1_is_kept(fleet: AsyncFleet) -> None:
-    runner = await start_prefix_proxy(fleet.urls[0], "/gateway/vlm")
+async def test_a_path_prefix_before_v1_is_kept(async_fleet: AsyncFleet) -> None:
+    runner = await start_prefix_proxy(async_fleet.urls[0], "/gateway/vlm")
     try:
         port = runner.addresses[0][1]
         url = f"http://127.0.0.1:{port}/gateway/vlm/v1"
-        config = settings(fleet, urls=(url,), max_in_flight_per_replica=None)
+        config = settings(async_fleet, urls=(url,), max_in_flight_per_replica=None)
         assert config.urls == (f"http://127.0.0.1:{port}/gateway/vlm",)
         async with VLMClient(config) as client:
             assert (await ask(client)).replica == config.urls[0]

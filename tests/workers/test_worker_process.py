@@ -5,7 +5,6 @@ over HTTP)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +18,19 @@ from narrator.common import keys
 from narrator.common.runs import load_run
 from narrator.samples.dataset import make_sample_dataset
 from narrator.simulator.config import SimConfig
-from narrator.simulator.fleet import Fleet, start_fleet
+from narrator.simulator.fleet import Fleet
 from tests.support.job_support import enqueue, pending_members, role_env
 from tests.support.processes import RoleProcess, wait_until
 
-pytestmark = pytest.mark.timeout(180)
+# Slow answers (0.4 s each, 64 slots): jobs stay running long enough to be counted.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(180),
+    pytest.mark.fleet(2, SimConfig(slots=64, base_s=0.4)),
+]
 
 JOBS_PER_WORKER = 2
 EPISODES = 8
-
-
-@pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    # Slow answers (0.4 s each, 64 slots): jobs stay running long enough to be counted.
-    f = start_fleet(2, SimConfig(slots=64, base_s=0.4))
-    yield f
-    f.close()
 
 
 def _started(conn: redis.Redis) -> int:

@@ -104,3 +104,49 @@ def test_a_journal_naming_a_shard_that_exists_nowhere_is_refused(tmp_path: Path)
     with pytest.raises(DatasetError, match="neither the staged nor the original shard"):
         apply_journal(root, stage)
     assert (stage / JOURNAL).exists()  # kept, so the commit can be finished once restored
+
+
+def test_info_without_tools_or_features_gets_both_columns_and_only_say() -> None:
+    out = updated_info({"codebase_version": "v3.0", "fps": 30})
+    assert out["tools"] == [SAY_TOOL]
+    assert set(out["features"]) == {"language_persistent", "language_events"}
+    assert out["fps"] == 30
+
+
+def test_the_journal_holds_the_sorted_files_and_the_whole_new_info_json(tmp_path: Path) -> None:
+    root, stage = _dataset(tmp_path)
+    journal = prepare_journal(root, stage, list(reversed(FILES)))
+    payload = orjson.loads(journal.read_bytes())
+    assert payload["files"] == sorted(FILES)
+    assert payload["info_json"] == info_text(updated_info(_info()))
+    for rel in FILES:  # preparing changes nothing in the dataset
+        assert (root / rel).read_bytes() == b"old " + rel.encode()
+    assert json.loads((root / "meta" / "info.json").read_text(encoding="utf-8")) == _info()
+
+
+@pytest.mark.parametrize("damage", ["missing", "not json"])
+def test_an_unreadable_info_json_stops_the_commit_before_anything_moves(
+    tmp_path: Path, damage: str
+) -> None:
+    root, stage = _dataset(tmp_path)
+    info = root / "meta" / "info.json"
+    if damage == "missing":
+        info.unlink()
+    else:
+        info.write_text("{not json", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"cannot read info\.json before commit"):
+        commit(root, stage, FILES)
+    assert not (stage / JOURNAL).exists()
+    for rel in FILES:
+        assert (root / rel).read_bytes() == b"old " + rel.encode()
+        assert (stage / rel).read_bytes() == b"new " + rel.encode()
+
+
+def test_resume_without_an_interrupted_commit_does_nothing(tmp_path: Path) -> None:
+    root, _stage = _dataset(tmp_path)
+    staging = root / ".narrator" / "staging"
+    assert not resume_commits(root, staging, "run1")  # a stage, but no journal in it
+    assert not resume_commits(root, staging, "no-such-run")
+    assert not resume_commits(root, tmp_path / "nowhere", "run1")
+    for rel in FILES:
+        assert (root / rel).read_bytes() == b"old " + rel.encode()

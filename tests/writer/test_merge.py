@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from narrator.common.contract import LanguageRow, speech_atom
-from narrator.writer.merge import kept_rows, row_owner
+from narrator.common.staging import StagedRow
+from narrator.writer.merge import kept_rows, row_owner, yield_to_interjections
 
 CAM = "observation.images.top"
 TIMES = [0.0, 0.1, 0.2, 0.3, 0.4]
@@ -89,3 +90,31 @@ def test_without_an_interjection_a_later_plan_row_is_the_plans() -> None:
     del events[3]
     kept_p, _ = kept_rows(persistent, events, TIMES, {"plan"})
     assert [r.style for r in kept_p] == ["motion"]
+
+
+def test_a_run_of_no_module_keeps_every_row_untouched() -> None:
+    persistent, events = _episode()
+    kept_p, kept_e = kept_rows(persistent, events, TIMES, set())
+    assert kept_p == persistent and kept_e == events
+    assert kept_p is not persistent  # fresh lists: the caller may extend them
+
+
+def _staged(style: str, frame: int) -> StagedRow:
+    return StagedRow("persistent", frame, "assistant", f"{style} at {frame}", style)
+
+
+def test_on_an_interjection_frame_the_scheduled_plan_row_yields() -> None:
+    rows = [
+        _staged("subtask", 0),
+        _staged("plan", 0),
+        _staged("subtask", 3),
+        _staged("memory", 3),
+        _staged("plan", 3),  # an interjection sits on frame 3: its own plan row wins
+        _staged("plan", 4),
+    ]
+    kept = yield_to_interjections(rows, {3})
+    assert [(r.style, r.frame) for r in kept] == [
+        ("subtask", 0), ("plan", 0), ("subtask", 3), ("memory", 3), ("plan", 4),
+    ]  # fmt: skip
+    assert yield_to_interjections(rows, set()) == rows  # no interjection: nothing yields
+    assert yield_to_interjections(rows, {1, 2}) == rows  # frames without plan rows

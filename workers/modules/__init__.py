@@ -1,1 +1,1 @@
-"""The three annotation modules of SPEC section 3: plan, interjections, vqa."""
+"""The three annotation modules of docs/CONTRACT.md §3: plan, interjections, vqa."""

@@ -1,4 +1,5 @@
-"""The interjections module (SPEC section 3): spoken acknowledgement, interjections, replanning.
+"""The interjections module (docs/CONTRACT.md §3): spoken acknowledgement, interjections,
+replanning.
 
 Reads the subtask spans and the effective task the plan module recorded in
 ``ctx.upstream["plan"].extra`` (``subtasks``, ``task``): every prompt uses the plan's task, so

@@ -1,4 +1,4 @@
-"""The plan module (SPEC section 3): subtask spans, plans, the memory chain, task variants.
+"""The plan module (docs/CONTRACT.md §3): subtask spans, plans, the memory chain, task variants.
 
 Flow of one episode:
 

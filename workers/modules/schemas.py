@@ -8,7 +8,7 @@ the simulated server generates answers inside the same bounds.
 
 Invariants:
 * Pure: functions of their arguments only, returning fresh dicts.
-* The VQA answer schemas have exactly the answer shapes of SPEC section 3, keys in that order.
+* The VQA answer schemas have exactly the answer shapes of docs/CONTRACT.md §3, keys in that order.
 * ``SCHEMA_NAMES`` holds the ``schema_name`` sent with each kind (the server counts by it).
 """
 
@@ -157,7 +157,7 @@ def _coordinates(axes: tuple[str, ...], width: int, height: int) -> dict[str, An
 
 
 def vqa_answer_schema(question_type: str, width: int, height: int) -> dict[str, Any]:
-    """The answer shape of ``question_type`` (SPEC section 3); coordinates are pixels of the
+    """The answer shape of ``question_type`` (docs/CONTRACT.md §3); coordinates are pixels of the
     ``width`` x ``height`` image the model sees (origin top-left, x right, y down)."""
     label = _text(1, 60)
     if question_type == "bbox":

@@ -1,4 +1,4 @@
-"""The vqa module (SPEC section 3): grounded question-answer pairs per camera at ``vqa_hz``.
+"""The vqa module (docs/CONTRACT.md §3): grounded question-answer pairs per camera at ``vqa_hz``.
 
 Ticks at ``vqa.vqa_hz`` snap to the nearest stored frame (distinct frames only,
 :mod:`workers.modules.ticks`); each tick anchors ``vqa.vqa_frames_per_tick`` consecutive

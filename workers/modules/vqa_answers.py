@@ -1,4 +1,4 @@
-"""Parsing one VQA answer into the question text and the stored answer of SPEC section 3.
+"""Parsing one VQA answer into the question text and the stored answer of docs/CONTRACT.md §3.
 
 A VQA request returns ``{"question": str, "answer": <shape of the requested type>}``.
 :func:`parse_vqa_answer` checks the shape strictly (it doubles as the client's ``check``, so a
