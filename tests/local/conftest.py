@@ -22,6 +22,10 @@ from tests.support.pipeline_support import output_hashes, pipeline_config
 from tests.support.processes import REPO_ROOT
 
 LATENCY_S = 0.05  # slow enough that a run is still going when the test acts on it
+# A run the test must act on while it is still going: each episode's chain (plan, then its
+# interjections) is at least two answers of this latency apart, so the run cannot end in the
+# moments between the test seeing it busy and the test's signal, however busy the machine.
+HOLD_LATENCY_S = 10.0
 
 
 @pytest.fixture(scope="module")

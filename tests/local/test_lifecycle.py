@@ -25,7 +25,7 @@ import pytest
 from narrator.local.redis_server import LocalRedis
 from narrator.simulator.fleet import Fleet
 from tests.local.conftest import (
-    LATENCY_S,
+    HOLD_LATENCY_S,
     alive,
     annotate_argv,
     descendants,
@@ -50,7 +50,7 @@ def _running_run(
     root = tmp_path / "dataset"
     shutil.copytree(original, root)
     state = tmp_path / "state"
-    set_latency(fleet, LATENCY_S)
+    set_latency(fleet, HOLD_LATENCY_S)
     argv = annotate_argv(root, state, fleet)
     proc = start_annotate(argv, tmp_path / "annotate.log")
     wait_until(

@@ -18,10 +18,8 @@ from narrator.local.redis_server import LocalRedis, data_dir_held, read_server_i
 from narrator.local.run_lock import DatasetBusyError, RunLock, read_holder
 from narrator.simulator.fleet import Fleet
 from tests.local.conftest import (
-    LATENCY_S,
     alive,
     annotate_argv,
-    set_latency,
     start_annotate,
 )
 from tests.support.processes import REPO_ROOT, wait_until
@@ -99,7 +97,8 @@ def test_a_second_annotate_exits_2_naming_the_first_while_status_still_works(
     root = tmp_path / "dataset"
     shutil.copytree(original, root)
     state = tmp_path / "state"
-    set_latency(fleet, LATENCY_S * 4)  # the first run stays busy for the whole test
+    for i in range(len(fleet.urls)):  # the first run never finishes: it is stopped below
+        fleet.set_faults(i, hang_rate=1.0)
     argv = annotate_argv(root, state, fleet)
     first = start_annotate(argv, tmp_path / "first.log")
     try:
@@ -126,4 +125,4 @@ def test_a_second_annotate_exits_2_naming_the_first_while_status_still_works(
     finally:
         os.kill(first.pid, signal.SIGTERM)
         first.wait(timeout=60)
-        set_latency(fleet, 0.0)
+        fleet.clear_faults()
