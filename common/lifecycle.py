@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 PARENT_PID_ENV = "NARRATOR_PARENT_PID"  # set by a parent for the Python children it starts
 PR_SET_PDEATHSIG = 1
@@ -115,6 +117,30 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os.kill(os.getpid(), sig)
     watch_parent(parent_pid, sig)
+
+
+def run_as_child(parent_pid: int, target: str, *args: Any) -> None:
+    """Entry point of a ``spawn``-ed child process: :func:`die_with_parent` first, then import
+    ``target`` (``"package.module:function"``) and call it with ``args``.
+
+    A spawned child imports its target's module (and unpickles its arguments) before the
+    target runs; for a worker that is pyarrow, PyAV, aiohttp and pydantic, seconds on a busy
+    machine, and a parent killed meanwhile left the child running. This module imports only
+    the standard library, so the guard is in place within a few milliseconds of the start;
+    pass heavy arguments pickled (bytes) and load them in the target.
+    """
+    die_with_parent(parent_pid)
+    module, _, name = target.partition(":")
+    getattr(importlib.import_module(module), name)(*args)
+
+
+def init_pool_child(parent_pid: int) -> None:
+    """``initializer`` of a ``spawn`` process pool: SIGINT is the parent's to handle, and the
+    process ends with the parent that started it, however that one ends (``kill -9``
+    included). Lives here, not beside the pool, so that unpickling it imports nothing
+    heavy before the guard is set."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
 
 
 def die_with_parent_from_env(environ: dict[str, str] | None = None) -> int | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from narrator.common.errors import TransientError
-from narrator.common.lifecycle import die_with_parent
+from narrator.common.lifecycle import init_pool_child
 from narrator.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -43,13 +42,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _init_pool_process(parent_pid: int) -> None:
-    """In each pool process: SIGINT is the worker's to handle, and the process ends with the
-    worker that started it, however that one ends (``kill -9`` included)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent_pid)
 
 
 class FramePool:
@@ -67,7 +59,7 @@ class FramePool:
                 self._executor = ProcessPoolExecutor(
                     self.processes,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_pool_process,
+                    initializer=init_pool_child,
                     initargs=(os.getpid(),),
                 )
             return self._executor

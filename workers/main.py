@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import pickle
 import signal
 import tempfile
 import time
@@ -29,7 +30,7 @@ import redis
 from narrator.common import keys
 from narrator.common.config import NarratorConfig
 from narrator.common.errors import ConfigError
-from narrator.common.lifecycle import die_with_parent
+from narrator.common.lifecycle import run_as_child
 from narrator.common.logging import configure_logging, get_logger
 from narrator.common.metrics import start_metrics_server, start_multiprocess_metrics_server
 from narrator.common.rq_internals import AsyncJobWorker
@@ -96,9 +97,14 @@ async def _serve(config: NarratorConfig, worker: AsyncJobWorker, burst: bool) ->
         await ctx.close()
 
 
-def _serve_process(config: NarratorConfig, burst: bool, parent_pid: int | None = None) -> None:
-    if parent_pid is not None:  # a pool child ends when its pool parent ends, however
-        die_with_parent(parent_pid)
+def serve_pickled(payload: bytes) -> None:
+    """A pool child's work (started through :func:`~common.lifecycle.run_as_child`, which has
+    made it end with its pool parent before anything heavy is imported)."""
+    config, burst = pickle.loads(payload)
+    _serve_process(config, burst)
+
+
+def _serve_process(config: NarratorConfig, burst: bool) -> None:
     configure_logging(config.log_level, config.log_format)  # spawned: a fresh interpreter
     url = config.redis_url_value()
     assert url is not None
@@ -135,7 +141,9 @@ def run_workers(config: NarratorConfig, *, burst: bool = False) -> None:
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(
-            target=_serve_process, args=(config, burst, os.getpid()), name=f"narrator-worker-{i}"
+            target=run_as_child,
+            args=(os.getpid(), f"{__name__}:serve_pickled", pickle.dumps((config, burst))),
+            name=f"narrator-worker-{i}",
         )
         for i in range(config.workers)
     ]
