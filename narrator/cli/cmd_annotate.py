@@ -99,10 +99,31 @@ def run(args: argparse.Namespace) -> int:
         result = annotate(config, root, progress=progress)
     if result.exit_code == 0 and result.status is not None:
         sys.stdout.write(f"run {result.run_id} done: {result.status.files_total} shards written\n")
+        sys.stdout.write(_style_summary(root))
         if config.hub.push_to_hub and client is not None and result.record is not None:
             pushed = push_after_run(config, root, result.record, client, say=_say)
             sys.stdout.write(f"pushed to {pushed.url} (revision {pushed.revision})\n")
     return result.exit_code
+
+
+def _style_summary(root: Path) -> str:
+    """How many episodes got each style, and the validator's verdict, read back from the
+    written dataset (an episode that got no subtask rows is a validation warning)."""
+    from narrator.inspection.dataset_check import check_annotated_dataset
+
+    report = check_annotated_dataset(root)
+    total = len(report.episodes)
+    counts: dict[str, int] = {}
+    for stats in report.episodes.values():
+        for style, rows in stats.styles.items():
+            if rows:
+                counts[style] = counts.get(style, 0) + 1
+    styles = ", ".join(f"{style} {n}/{total}" for style, n in sorted(counts.items()))
+    return (
+        f"episodes per style: {styles or 'none'}\n"
+        f"validation: {report.errors} error(s), {report.warnings} warning(s)"
+        f"{'' if report.ok else ' (run `narrator validate ROOT` for the list)'}\n"
+    )
 
 
 def _say(line: str) -> None:

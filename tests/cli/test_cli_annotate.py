@@ -14,6 +14,7 @@ import pytest
 from narrator.inspection.dataset_check import check_annotated_dataset
 from narrator.local.redis_server import free_port
 from narrator.samples.dataset import make_sample_dataset
+from narrator.simulator.fleet import Fleet
 from tests.support.pipeline_support import file_hashes
 from tests.support.ports import consecutive_free_ports
 
@@ -72,3 +73,23 @@ def test_malformed_dataset_names_the_file(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "tasks.parquet" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_end_of_a_run_says_how_many_episodes_got_each_style(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    root = make_sample_dataset(tmp_path / "ds", episodes=2, cameras=1)
+    proc = _narrator(
+        "annotate", str(root), "--vlm-url", fleet.urls[0] + "/v1", "--no-progress", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("episodes per style")]
+    assert len(lines) == 1, proc.stdout
+    counted = dict(
+        entry.rsplit(" ", 1) for entry in lines[0].removeprefix("episodes per style: ").split(", ")
+    )
+    assert set(counted) >= {"subtask", "plan", "memory", "task_aug", "interjection", "vqa"}
+    for style in ("subtask", "plan", "task_aug", "vqa"):  # every episode gets these
+        assert counted[style] == "2/2", lines[0]
+    assert all(n.endswith("/2") and 1 <= int(n.split("/")[0]) <= 2 for n in counted.values())
+    assert "validation: 0 error(s)" in proc.stdout
