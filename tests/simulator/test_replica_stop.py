@@ -4,12 +4,17 @@ connection that outlived its replica was garbage-collected unclosed, a ResourceW
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
 import time
+import warnings
 from typing import Any
 
 import pytest
 
 from narrator.simulator import SimConfig, start_fleet_async
+
+CLIENTS = 20  # connections that reach the replica together
 
 REQUEST = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
@@ -20,6 +25,15 @@ REQUEST = (
 async def read_to_eof(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
     """Everything the server sends until it closes the connection (fails on a deadline)."""
     return await asyncio.wait_for(reader.read(), timeout_s)
+
+
+def closed_by_server(client: socket.socket, timeout_s: float) -> bool:
+    """Whether the server closed (FIN) or cut (RST) this connection; waits up to timeout_s."""
+    client.settimeout(timeout_s)
+    try:
+        return client.recv(1) == b""
+    except ConnectionResetError:
+        return True
 
 
 async def test_stop_closes_idle_busy_and_half_sent_connections() -> None:
@@ -60,10 +74,8 @@ async def test_stop_closes_idle_busy_and_half_sent_connections() -> None:
 async def test_connection_accepted_in_the_stopping_iteration_is_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The CI failure of issue 14.4, made deterministic: a connection whose protocol is built
-    just before the stop begins gets its ``connection_made`` only after the stop's closing
-    pass. It must be cut all the same (it stayed open, unread, and was later collected
-    unclosed: the ResourceWarning of ``test_every_replica_down_for_a_while_then_back``)."""
+    """A connection whose protocol is built just before the stop begins (the stop starts in
+    the middle of its adoption) must be cut all the same, not left open and unread."""
     async with await start_fleet_async(1, SimConfig()) as fleet:
         replica = fleet.replicas[0]
         stopping: list[asyncio.Task[None]] = []
@@ -86,3 +98,34 @@ async def test_connection_accepted_in_the_stopping_iteration_is_closed(
         assert await read_to_eof(reader, 5.0) == b""  # cut by the stopped replica
         writer.close()
         await writer.wait_closed()
+
+
+async def test_connections_accepted_in_the_iteration_the_replica_stops_are_closed() -> None:
+    """The CI failure of issue 14.4, reproduced: connections that the event loop accepted in
+    the same loop iteration as the replica's stop. With ``loop.create_server``, CPython hands
+    each of them to a task that runs after the stop has closed the server; building the
+    transport then fails (the closed server refuses to attach it), the error is swallowed,
+    and the half-built transport is later garbage-collected unclosed: ``ResourceWarning:
+    unclosed transport <_SelectorSocketTransport fd=.. read=idle write=<idle, bufsize=0>>``.
+
+    The iteration is arranged exactly: the clients connect while the loop is blocked, so the
+    next select reports the listener readable; the test's task is scheduled ahead of the
+    accept callback in that iteration and again, ahead of the tasks the accept creates, in
+    the next one, where it stops the replica."""
+    async with await start_fleet_async(1, SimConfig()) as fleet:
+        port = fleet.replicas[0].port
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(CLIENTS)]
+        try:
+            await asyncio.sleep(0)  # this iteration's select sees the pending connections
+            await asyncio.sleep(0)  # back here before the accepted connections are adopted
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ResourceWarning)
+                await fleet.stop_replica(0)
+                gc.collect()
+            unclosed = [str(w.message) for w in caught if "unclosed" in str(w.message)]
+            assert unclosed == [], unclosed[:3]
+            # Every connection was closed by the stopped replica (a timeout fails the test).
+            assert all(closed_by_server(client, 5.0) for client in clients)
+        finally:
+            for client in clients:
+                client.close()

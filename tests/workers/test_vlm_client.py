@@ -393,7 +393,8 @@ async def test_pool_waits_when_full_prefers_untried_and_probes_when_all_down() -
     a, b = pool.replicas
     assert {(await pool.acquire()).url, (await pool.acquire()).url} == {a.url, b.url}
     waiter = asyncio.create_task(pool.acquire())
-    await asyncio.sleep(0.05)
+    for _ in range(10):  # the waiter runs until it waits on the pool (one turn is enough)
+        await asyncio.sleep(0)
     assert not waiter.done(), "both replicas are at their budget"
     await pool.release(a)
     assert await asyncio.wait_for(waiter, 1) is a
