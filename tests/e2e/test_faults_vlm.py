@@ -180,6 +180,13 @@ def test_absorbed_fault_gives_the_clean_result(
         # The parser strips the wrapping; no request needed a second try.
         assert outcome.counter(":corrective_retries") == 0
         assert outcome.counter(":retries") == 0
+    elif case == "hangs_with_short_timeout":
+        # A hung request on a dependency chain (plan, interjections) is outrun by its hedge
+        # (sent after at most half the timeout) and cancelled, not retried; a hung one off
+        # the chains (vqa) times out and is retried. Which of them hang is up to the
+        # balancing, so either absorbed the hangs.
+        absorbed = outcome.counter(":retries") + outcome.counter(":hedge_wins")
+        assert absorbed > 0, outcome.status.counters
     else:
         assert outcome.counter(":retries") > 0, outcome.status.counters
     # The fault did happen at the servers.
